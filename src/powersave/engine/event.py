@@ -1,0 +1,236 @@
+"""The event engine (numpy): spike times in closed form, work only for spikes that are sent.
+
+Each population's spike times come from the closed form of the neuron model (DESIGN.md §1): a
+neuron whose potential at the end of its input window decodes to ``z`` fires at
+``ℓ + 1 + (1 - min(z, A)/A)`` if ``z > 0``. A hidden layer's potential at the end of its window
+does not depend on the order in which its input spikes arrived (the sum commutes), so a window's
+spikes are delivered together, as ``weight @ decoded intensities`` where silent neurons decode to
+zero and contribute nothing; the operation count is that of the spikes only. Order matters for
+the readout's early decision, which processes its input spikes sorted by time.
+
+This is the readable path: vectorised over the batch, no compiled kernels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from powersave.coding import decode, encode, split_on_off
+from powersave.engine import dense as dense_pass
+from powersave.engine import ops
+from powersave.engine.costs import SynapticCost, synaptic_cost
+from powersave.engine.stats import RunStats
+from powersave.graph.graph import Graph
+from powersave.graph.nodes import SYNAPTIC_TYPES, Dense, Flatten, MaxPool
+from powersave.plan import FULL, Plan
+
+
+@dataclass(frozen=True)
+class EventResult:
+    """What :func:`run_events` returns for one batch.
+
+    Attributes:
+        logits: ``(N, classes)`` readout potentials in logit units. With an early decision they
+            are the potentials at the moment of the decision (the argmax is certified to be the
+            one full processing gives, the values are partial).
+        stats: the counts.
+        times: spike times per population ``(N, *shape)`` (``inf`` = silent or cut off), if
+            recorded.
+        decision_times: ``(N,)`` time at which the readout decided (end of its window without an
+            early decision).
+    """
+
+    logits: np.ndarray
+    stats: RunStats
+    times: tuple[np.ndarray, ...] | None
+    decision_times: np.ndarray
+
+
+def graph_costs(graph: Graph) -> tuple[SynapticCost, ...]:
+    """Static costs of each synaptic node, in graph order."""
+    return tuple(
+        synaptic_cost(node, graph.input_shape_of(i), graph.shapes[i])  # type: ignore[arg-type]
+        for i, node in enumerate(graph.nodes)
+        if isinstance(node, SYNAPTIC_TYPES)
+    )
+
+
+def _count(fired: np.ndarray, fanout: np.ndarray) -> int:
+    """Synaptic operations: each fired neuron times its non-zero fan-out, summed over the batch."""
+    return int(np.tensordot(fired.astype(np.int64), fanout, axes=fired.ndim - 1).sum())
+
+
+def _cut(times: np.ndarray, window: int, plan: Plan) -> np.ndarray:
+    """Drop spikes of population ``window`` later than its cut-off ``window + c``."""
+    c = plan.cutoff(window)
+    if c >= 1.0:
+        return times
+    return np.where(times <= window + c, times, np.inf)
+
+
+def run_events(
+    graph: Graph,
+    x: np.ndarray,
+    plan: Plan = FULL,
+    *,
+    costs: tuple[SynapticCost, ...] | None = None,
+    record_spikes: bool = False,
+) -> EventResult:
+    """Run a validated batch ``x`` of shape ``(N, *graph.input.shape)`` through the spiking network.
+
+    Args:
+        graph: the network.
+        x: float inputs, already checked.
+        plan: cut-offs and early decision (:data:`powersave.plan.FULL` drops nothing).
+        costs: :func:`graph_costs` of ``graph``, to avoid recomputing them per call.
+        record_spikes: keep every population's spike times in the result.
+    """
+    if plan.cutoffs and len(plan.cutoffs) != graph.n_windows:
+        raise ValueError(
+            f"plan {plan.name!r} has {len(plan.cutoffs)} cut-offs, the network has "
+            f"{graph.n_windows} spiking populations"
+        )
+    costs = graph_costs(graph) if costs is None else costs
+    n = x.shape[0]
+    baseline = dense_pass.forward(graph, x)
+
+    # Window 0: the input population, ON/OFF split when signed.
+    a = split_on_off(x.astype(np.float32, copy=False), graph.input.signed)
+    scale = graph.input.scale
+    saturated = [int(np.count_nonzero(a > scale))]
+    times = _cut(encode(a, scale, 0), 0, plan)
+    spikes = [int(np.count_nonzero(np.isfinite(times)))]
+    recorded = [times] if record_spikes else []
+    window = 0
+
+    synops: list[int] = []
+    saved = 0
+    decision_times = np.full(n, float(graph.n_windows))
+    readout = graph.readout_index
+    layer = 0
+    logits = np.empty((n, 0), dtype=np.float32)
+    for i, node in enumerate(graph.nodes[1:], start=1):
+        if isinstance(node, Flatten):
+            times = times.reshape(n, -1)
+            continue
+        if isinstance(node, MaxPool):
+            times = ops.minpool2d(times, node)  # the first spike in each pool wins
+            continue
+        assert isinstance(node, SYNAPTIC_TYPES)
+        fanout = costs[layer].fanout
+        fired = np.isfinite(times)
+        a = decode(times, scale, window).astype(np.float32)
+        if i == readout and plan.early_decision:
+            if not isinstance(node, Dense):
+                raise ValueError(
+                    f"early decision needs a Dense readout; {node.name!r} is a convolution"
+                )
+            logits, used, decision_times = _early_decision(
+                times, a, node, fanout, scale, window, plan.margin
+            )
+            full_ops = _count(fired, fanout)
+            synops.append(used)
+            saved = full_ops - used
+        else:
+            synops.append(_count(fired, fanout))
+            z = ops.synaptic(a, node)
+            if i == readout:
+                logits = z.reshape(n, -1)
+            else:
+                scale = node.scale  # type: ignore[assignment]
+                window += 1
+                saturated.append(int(np.count_nonzero(z > scale)))
+                times = _cut(encode(z, scale, window), window, plan)
+                spikes.append(int(np.count_nonzero(np.isfinite(times))))
+                if record_spikes:
+                    recorded.append(times)
+        layer += 1
+
+    zero_skip = [
+        _count(inp != 0, cost.fanout)
+        for inp, cost in zip(baseline.layer_inputs, costs, strict=True)
+    ]
+    stats = RunStats(
+        n_samples=n,
+        populations=tuple(p.source for p in graph.populations),
+        neurons=tuple(p.size for p in graph.populations),
+        spikes=tuple(spikes),
+        saturated=tuple(saturated),
+        layers=tuple(node.name for node in graph.nodes if isinstance(node, SYNAPTIC_TYPES)),
+        layer_synaptic_ops=tuple(synops),
+        layer_dense_macs=tuple(n * cost.dense_macs for cost in costs),
+        layer_zero_skip_ops=tuple(zero_skip),
+        neuron_updates=n * sum(cost.neurons for cost in costs),
+        readout_ops_saved=saved,
+    )
+    return EventResult(
+        logits=np.asarray(logits, dtype=np.float32),
+        stats=stats,
+        times=tuple(recorded) if record_spikes else None,
+        decision_times=decision_times,
+    )
+
+
+def _early_decision(
+    times: np.ndarray,
+    a: np.ndarray,
+    node: Dense,
+    fanout: np.ndarray,
+    scale: float,
+    window: int,
+    margin: float,
+) -> tuple[np.ndarray, int, np.ndarray]:
+    """Certified early decision of a Dense readout (DESIGN.md §2).
+
+    The readout takes its input spikes in time order. After ``k`` of them the leader ``l`` leads
+    rival ``r`` by ``D_r``; every input not yet arrived (including those that will never fire) is
+    at most as intense as the last arrived one, ``a_now``, so it can still cut the lead by at
+    most ``a_now * max(0, w_ir - w_il)``. Stop at the first ``k`` with
+    ``D_r > (1 - margin) * a_now * sum_unarrived max(0, w_ir - w_il)`` for every rival.
+    With ``margin = 0`` the final lead is then provably positive: the prediction equals full
+    processing. Before the first spike ``a_now`` is the scale ``A``.
+
+    Args:
+        times, a: ``(N, H)`` spike times and decoded intensities of the readout's inputs.
+    Returns:
+        the potentials at the decision ``(N, C)``, synaptic operations used, decision times.
+    """
+    n, h = times.shape
+    w = node.weight.T.astype(np.float64)  # (H, C): row i is what input i adds to each class
+    c = w.shape[1]
+    # pos[i, l, r] = max(0, w_ir - w_il): how much input i can help rival r against leader l.
+    pos = np.maximum(w[:, None, :] - w[:, :, None], 0.0)  # (H, C, C)
+    total_pos = pos.sum(axis=0)  # (C, C)
+    logits = np.empty((n, c), dtype=np.float64)
+    decided_at = np.empty(n)
+    used = 0
+    for s in range(n):  # one sample at a time keeps memory at H * C * C
+        order = np.argsort(times[s], kind="stable")
+        k_fired = int(np.count_nonzero(np.isfinite(times[s])))
+        order = order[:k_fired]
+        contrib = w[order] * a[s, order, None].astype(np.float64)  # (K, C)
+        potentials = np.vstack([node.bias[None].astype(np.float64), contrib]).cumsum(axis=0)
+        leader = potentials.argmax(axis=1)  # (K + 1,)
+        arrived = np.vstack([np.zeros((1, c, c)), pos[order].cumsum(axis=0)])  # (K + 1, C, C)
+        steps = np.arange(k_fired + 1)
+        unarrived = (total_pos - arrived)[steps, leader]  # (K + 1, C) for the leader at step k
+        a_now = np.concatenate([[scale], a[s, order].astype(np.float64)])  # (K + 1,)
+        lead = potentials[steps, leader][:, None] - potentials  # (K + 1, C)
+        bound = (1.0 - margin) * a_now[:, None] * unarrived
+        # A lead that only float rounding could overturn is not a lead: the full float32 pass
+        # must agree with the decision, so demand a little more than the exact bound.
+        tolerance = 1e-5 * (1.0 + np.abs(potentials).max(axis=1, keepdims=True))
+        safe = lead > bound + tolerance
+        safe[steps, leader] = True
+        certain = np.flatnonzero(safe.all(axis=1))
+        if certain.size:
+            k = int(certain[0])
+            decided_at[s] = times[s, order[k - 1]] if k > 0 else float(window)
+        else:  # never certain: wait for the end of the window, i.e. full processing
+            k = k_fired
+            decided_at[s] = window + 1.0
+        logits[s] = potentials[k]
+        used += int(fanout[order[:k]].sum())
+    return logits.astype(np.float32), used, decided_at

@@ -1,0 +1,150 @@
+"""The user-facing network: a graph, its calibrated power plans, and ``run``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+
+from powersave.engine.costs import SynapticCost
+from powersave.engine.event import graph_costs, run_events
+from powersave.engine.stats import RunStats
+from powersave.graph.graph import Graph
+from powersave.inputs import check_batch
+from powersave.plan import FULL, Plan
+
+#: Samples processed at once; bounds memory on large inputs.
+DEFAULT_CHUNK = 512
+
+
+@dataclass(frozen=True)
+class Run:
+    """The answer of a run, and what it cost.
+
+    Attributes:
+        logits: ``(N, classes)`` float32. Equal to the original network's up to float rounding
+            and the clipping error at full power; with an early decision, the readout's potentials
+            when it decided (the argmax is certified, the values partial).
+        predictions: ``(N,)`` int64 class indices.
+        stats: operation and spike counts, with the dense and zero-skipping baselines.
+        mode: name of the plan that ran.
+        seconds: measured wall-clock time of the run (engine only, no input checks).
+        times: spike times per population, when ``record_spikes=True``.
+        decision_times: ``(N,)`` time at which the readout decided.
+    """
+
+    logits: np.ndarray
+    predictions: np.ndarray
+    stats: RunStats
+    mode: str
+    seconds: float
+    times: tuple[np.ndarray, ...] | None = None
+    decision_times: np.ndarray | None = None
+
+    def accuracy(self, labels: Any) -> float:
+        """Fraction of predictions equal to ``labels``."""
+        labels = np.asarray(labels).reshape(-1)
+        if labels.shape[0] != self.predictions.shape[0]:
+            raise ValueError(
+                f"{labels.shape[0]} labels for {self.predictions.shape[0]} predictions"
+            )
+        return float(np.mean(self.predictions == labels))
+
+
+@dataclass(frozen=True)
+class Network:
+    """A time-to-first-spike network compiled from a ReLU network.
+
+    Attributes:
+        graph: the network's layers and scales.
+        plans: calibrated power-saving modes by name (``full`` is always available).
+        metadata: JSON-ready facts about its making (calibration data size, source model, ...).
+    """
+
+    graph: Graph
+    plans: Mapping[str, Plan] = field(default_factory=dict)
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    @cached_property
+    def costs(self) -> tuple[SynapticCost, ...]:
+        return graph_costs(self.graph)
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        """Names accepted by :meth:`run`."""
+        return ("full", *(name for name in self.plans if name != "full"))
+
+    def plan(self, mode: str | Plan) -> Plan:
+        """The plan a mode name stands for (a :class:`Plan` is returned as it is)."""
+        if isinstance(mode, Plan):
+            return mode
+        if mode == "full":
+            return FULL
+        if mode in self.plans:
+            return self.plans[mode]
+        raise ValueError(
+            f"unknown mode {mode!r}; this network has {list(self.modes)}. "
+            "Calibrate it to get the power-saving modes (Network.calibrate or "
+            "'powersave calibrate')."
+        )
+
+    def check_inputs(self, x: Any) -> np.ndarray:
+        """``x`` as a float32 batch of the network's input shape, or a clear error."""
+        return check_batch(x, self.graph.input.shape, signed=self.graph.input.signed)
+
+    def run(
+        self,
+        x: Any,
+        mode: str | Plan = "full",
+        *,
+        record_spikes: bool = False,
+        chunk_size: int = DEFAULT_CHUNK,
+    ) -> Run:
+        """Run a batch spike by spike.
+
+        Args:
+            x: ``(N, *input_shape)`` numpy array or torch tensor.
+            mode: ``"full"``, a calibrated mode's name, or a :class:`Plan`.
+            record_spikes: keep the spike times of every population (memory: N × neurons).
+            chunk_size: samples processed at once.
+        """
+        plan = self.plan(mode)
+        batch = self.check_inputs(x)
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        start = time.perf_counter()
+        parts = [
+            run_events(
+                self.graph,
+                batch[i : i + chunk_size],
+                plan,
+                costs=self.costs,
+                record_spikes=record_spikes,
+            )
+            for i in range(0, batch.shape[0], chunk_size)
+        ]
+        seconds = time.perf_counter() - start
+        logits = np.concatenate([p.logits for p in parts])
+        times = None
+        if record_spikes:
+            times = tuple(
+                np.concatenate([p.times[k] for p in parts])  # type: ignore[index]
+                for k in range(len(parts[0].times))  # type: ignore[arg-type]
+            )
+        return Run(
+            logits=logits,
+            predictions=logits.argmax(axis=1).astype(np.int64),
+            stats=RunStats.merge([p.stats for p in parts]),
+            mode=plan.name or str(mode),
+            seconds=seconds,
+            times=times,
+            decision_times=np.concatenate([p.decision_times for p in parts]),
+        )
+
+    def with_plans(self, plans: Mapping[str, Plan]) -> Network:
+        """A copy with ``plans`` added (replacing modes of the same name)."""
+        return Network(self.graph, {**self.plans, **plans}, self.metadata)
