@@ -33,7 +33,7 @@ def convert(
     graph = convert_to_graph(model, calibration_inputs, percentile=percentile, signed=signed)
     metadata = {
         "source": type(model).__name__,
-        "calibration_samples": int(len(calibration_inputs)),
+        "calibration_samples": len(calibration_inputs),
         "scale_rule": "max" if percentile is None else f"percentile {percentile}",
     }
     return Network(graph, {}, metadata)

@@ -16,7 +16,9 @@ def as_array(x: Any, what: str = "inputs") -> np.ndarray:
     try:
         array = np.asarray(x)
     except (TypeError, ValueError) as exc:
-        raise TypeError(f"{what} must be a numpy array or a torch tensor, got {type(x).__name__}") from exc
+        raise TypeError(
+            f"{what} must be a numpy array or a torch tensor, got {type(x).__name__}"
+        ) from exc
     if array.dtype == object:
         raise TypeError(
             f"{what} must be a numeric array, got an object array (ragged lists or mixed types?)"
@@ -28,7 +30,9 @@ def as_array(x: Any, what: str = "inputs") -> np.ndarray:
     return array
 
 
-def check_batch(x: Any, shape: tuple[int, ...], *, signed: bool, what: str = "inputs") -> np.ndarray:
+def check_batch(
+    x: Any, shape: tuple[int, ...], *, signed: bool, what: str = "inputs"
+) -> np.ndarray:
     """Validate a batch for a network whose samples have ``shape``; return it as float32.
 
     Raises:
@@ -58,9 +62,7 @@ def check_batch(x: Any, shape: tuple[int, ...], *, signed: bool, what: str = "in
             if got != features
             else "same number of features, different layout: reshape them"
         )
-        raise InputError(
-            f"{what} must have shape {expected}, got {tuple(array.shape)} ({detail})"
-        )
+        raise InputError(f"{what} must have shape {expected}, got {tuple(array.shape)} ({detail})")
     array = array.astype(np.float32, copy=False)
     finite = np.isfinite(array)
     if not finite.all():

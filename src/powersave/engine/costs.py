@@ -56,7 +56,9 @@ def _conv_fanout(
     return padded[:, ph : ph + h, pw : pw + w]
 
 
-def synaptic_cost(node: Dense | Conv | AvgPool, input_shape: Shape, output_shape: Shape) -> SynapticCost:
+def synaptic_cost(
+    node: Dense | Conv | AvgPool, input_shape: Shape, output_shape: Shape
+) -> SynapticCost:
     """Fan-out map and dense MACs of ``node`` fed with a population of ``input_shape``."""
     neurons = int(np.prod(output_shape))
     if isinstance(node, Dense):

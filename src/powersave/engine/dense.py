@@ -34,7 +34,7 @@ class DensePass:
 
 
 def forward(graph: Graph, x: np.ndarray) -> DensePass:
-    """Run the ReLU network of ``graph`` on a validated batch ``x`` of shape ``(N, *input.shape)``."""
+    """Run the ReLU network of ``graph`` on a checked batch ``x`` ``(N, *input.shape)``."""
     a = split_on_off(np.asarray(x, dtype=np.float32), graph.input.signed)
     activations = [a]
     layer_inputs = []

@@ -36,8 +36,9 @@ class EventResult:
             are the potentials at the moment of the decision (the argmax is certified to be the
             one full processing gives, the values are partial).
         stats: the counts.
-        times: spike times per population ``(N, *shape)`` (``inf`` = silent or cut off), if
-            recorded.
+        times: spike times per population ``(N, *shape)`` as sent (``inf`` = silent or cut
+            off), if recorded.
+        fired: the times each neuron reached threshold, before any cut-off, if recorded.
         decision_times: ``(N,)`` time at which the readout decided (end of its window without an
             early decision).
     """
@@ -46,6 +47,7 @@ class EventResult:
     stats: RunStats
     times: tuple[np.ndarray, ...] | None
     decision_times: np.ndarray
+    fired: tuple[np.ndarray, ...] | None = None
 
 
 def graph_costs(graph: Graph) -> tuple[SynapticCost, ...]:
@@ -77,6 +79,7 @@ def run_events(
     *,
     costs: tuple[SynapticCost, ...] | None = None,
     record_spikes: bool = False,
+    baselines: bool = True,
 ) -> EventResult:
     """Run a validated batch ``x`` of shape ``(N, *graph.input.shape)`` through the spiking network.
 
@@ -86,6 +89,8 @@ def run_events(
         plan: cut-offs and early decision (:data:`powersave.plan.FULL` drops nothing).
         costs: :func:`graph_costs` of ``graph``, to avoid recomputing them per call.
         record_spikes: keep every population's spike times in the result.
+        baselines: also run the ReLU network densely to count the zero-skipping baseline
+            (``layer_zero_skip_ops`` are zeros without it; calibration searches skip it).
     """
     if plan.cutoffs and len(plan.cutoffs) != graph.n_windows:
         raise ValueError(
@@ -94,15 +99,16 @@ def run_events(
         )
     costs = graph_costs(graph) if costs is None else costs
     n = x.shape[0]
-    baseline = dense_pass.forward(graph, x)
 
     # Window 0: the input population, ON/OFF split when signed.
     a = split_on_off(x.astype(np.float32, copy=False), graph.input.signed)
     scale = graph.input.scale
     saturated = [int(np.count_nonzero(a > scale))]
-    times = _cut(encode(a, scale, 0), 0, plan)
+    fired_times = encode(a, scale, 0)
+    times = _cut(fired_times, 0, plan)
     spikes = [int(np.count_nonzero(np.isfinite(times)))]
     recorded = [times] if record_spikes else []
+    recorded_fired = [fired_times] if record_spikes else []
     window = 0
 
     synops: list[int] = []
@@ -142,16 +148,20 @@ def run_events(
                 scale = node.scale  # type: ignore[assignment]
                 window += 1
                 saturated.append(int(np.count_nonzero(z > scale)))
-                times = _cut(encode(z, scale, window), window, plan)
+                fired_times = encode(z, scale, window)
+                times = _cut(fired_times, window, plan)
                 spikes.append(int(np.count_nonzero(np.isfinite(times))))
                 if record_spikes:
                     recorded.append(times)
+                    recorded_fired.append(fired_times)
         layer += 1
 
-    zero_skip = [
-        _count(inp != 0, cost.fanout)
-        for inp, cost in zip(baseline.layer_inputs, costs, strict=True)
-    ]
+    zero_skip = [0] * len(costs)
+    if baselines:
+        zero_skip = [
+            _count(inp != 0, cost.fanout)
+            for inp, cost in zip(dense_pass.forward(graph, x).layer_inputs, costs, strict=True)
+        ]
     stats = RunStats(
         n_samples=n,
         populations=tuple(p.source for p in graph.populations),
@@ -170,6 +180,7 @@ def run_events(
         stats=stats,
         times=tuple(recorded) if record_spikes else None,
         decision_times=decision_times,
+        fired=tuple(recorded_fired) if record_spikes else None,
     )
 
 
@@ -197,7 +208,7 @@ def _early_decision(
     Returns:
         the potentials at the decision ``(N, C)``, synaptic operations used, decision times.
     """
-    n, h = times.shape
+    n = times.shape[0]
     w = node.weight.T.astype(np.float64)  # (H, C): row i is what input i adds to each class
     c = w.shape[1]
     # pos[i, l, r] = max(0, w_ir - w_il): how much input i can help rival r against leader l.

@@ -153,9 +153,7 @@ class Graph:
         """One row per node: name, kind, output shape, parameters and scale."""
         rows = []
         for node, shape in zip(self.nodes, self.shapes, strict=True):
-            params = sum(
-                int(getattr(node, a).size) for a in ("weight", "bias") if hasattr(node, a)
-            )
+            params = sum(int(getattr(node, a).size) for a in ("weight", "bias") if hasattr(node, a))
             role = ""
             if isinstance(node, SYNAPTIC_TYPES):
                 role = "readout" if node is self.readout else "hidden"
