@@ -247,7 +247,7 @@ def calibrate(
     early_decision: bool = True,
     start_step: float = 0.2,
     min_step: float = 0.05,
-    confidence_z: float = 1.0,
+    confidence_z: float = 1.645,
     progress: bool = True,
 ) -> Calibration:
     """Find, for each target, the plan of cut-offs that minimises estimated energy within it.
@@ -261,8 +261,8 @@ def calibrate(
         early_decision: switch the certified early decision on in every mode.
         start_step, min_step: cut-off step sizes of the greedy search.
         confidence_z: an accuracy target must hold for the measured loss plus this many standard
-            errors (about ``sqrt(disagreement / N)``), so that it still holds on new data; 0 takes
-            the calibration data at its word.
+            errors (about ``sqrt(disagreement / N)``; 1.645 is a one-sided 95 % bound), so that
+            it still holds on new data; 0 takes the calibration data at its word.
         progress: show a progress bar.
 
     Returns:

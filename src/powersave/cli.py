@@ -1,0 +1,245 @@
+"""``powersave``: thin subcommands over the public API.
+
+User errors (bad files, bad inputs, unknown modes) end with exit status 2 and one readable line;
+``--debug`` shows the traceback instead. Every output file is written atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from powersave._atomic import write_text_atomic
+from powersave._version import __version__
+from powersave.errors import PowersaveError
+
+USER_ERRORS = (PowersaveError, ValueError, TypeError, OSError, KeyError)
+
+
+def _load_data(path: str, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs and labels of an ``.npz`` with ``x`` and ``y``, shaped for a network's input."""
+    from powersave.data import load_npz
+
+    data = load_npz(path)
+    x = data.x
+    # A missing channel axis of size 1 is the one reshape that cannot mix up a layout.
+    if tuple(x.shape[1:]) != shape and shape[:1] == (1,) and tuple(x.shape[1:]) == shape[1:]:
+        x = x.reshape(len(x), *shape)
+    return x, data.y
+
+
+def _write_json(path: str, payload: Any) -> None:
+    write_text_atomic(path, json.dumps(payload, indent=1) + "\n")
+    print(f"wrote {path}")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from powersave.demo import run_demo
+
+    models = tuple(m.strip() for m in args.models.split(",") if m.strip())
+    results = run_demo(
+        args.out,
+        models=models,
+        seed=args.seed,
+        progress=not args.quiet,
+        threads=args.threads,
+        quick=args.quick,
+    )
+    out = Path(args.out)
+    for model in results["models"]:
+        print(f"\n{model['architecture']}  (PyTorch test accuracy {model['torch_accuracy']:.2%})")
+        print(f"  {'mode':<10} {'accuracy':>9} {'synops/dense':>13} {'vs zero-skip':>13}")
+        for m in model["modes"]:
+            print(
+                f"  {m['name']:<10} {m['accuracy']:>9.2%} "
+                f"{m['synaptic_ops_per_sample'] / m['dense_macs_per_sample']:>13.1%} "
+                f"{m['synaptic_ops_per_sample'] / m['zero_skip_ops_per_sample']:>13.1%}"
+            )
+    print(f"\nwrote {out / 'results.json'} and {out / 'report.html'} ({results['seconds']:.0f} s)")
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    from powersave.api import load
+
+    net = load(args.network)
+    g = net.graph
+    print(f"{args.network}: powersave network, {len(g.nodes)} nodes, {g.n_classes} classes")
+    print(f"  input {g.input.shape}{' signed (ON/OFF)' if g.input.signed else ''}")
+    for row in g.summary():
+        scale = f"A={row['scale']:.4g}" if row["scale"] is not None else ""
+        print(
+            f"  {row['name']:<16} {row['kind']:<8} {row['role']:<8} "
+            f"{'x'.join(map(str, row['output_shape'])):<10} {row['parameters']:>9} params  {scale}"
+        )
+    calibrated = dict(net.metadata.get("modes", {}))
+    print(f"  modes: {', '.join(net.modes)}")
+    for name in net.modes:
+        if name in calibrated:
+            c = calibrated[name]
+            print(
+                f"    {name:<10} cut-offs {[round(v, 3) for v in c['cutoffs']]}  "
+                f"calibration accuracy {c['calibration_accuracy']:.2%} "
+                f"(loss {c['calibration_accuracy_loss_pp']:.2f} pp), "
+                f"{c['calibration_synaptic_ops_per_sample']:.0f} synaptic ops/sample"
+            )
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from powersave.api import load
+
+    net = load(args.network)
+    x, y = _load_data(args.data, net.graph.input.shape)
+    run = net.run(x, args.mode)
+    s = run.stats
+    print(f"mode {run.mode}: accuracy {run.accuracy(y):.2%} on {s.n_samples} samples")
+    print(
+        f"  synaptic ops/sample {s.synaptic_ops_per_sample:.0f} "
+        f"({s.synaptic_ops / s.dense_macs:.1%} of dense MACs, "
+        f"{s.synaptic_ops / max(s.zero_skip_ops, 1):.1%} of zero-skipping ops); "
+        f"spikes/neuron {s.spikes_per_neuron:.3f}; {run.seconds / s.n_samples * 1e3:.3f} ms/sample"
+    )
+    if args.out:
+        _write_json(
+            args.out,
+            {
+                "mode": run.mode,
+                "accuracy": run.accuracy(y),
+                "stats": s.to_dict(),
+                "predictions": run.predictions.tolist(),
+            },
+        )
+
+
+def cmd_calibrate(args: argparse.Namespace) -> None:
+    from powersave.api import load, save
+    from powersave.power.calibrate import DEFAULT_TARGETS, Target, calibrate
+
+    net = load(args.network)
+    x, y = _load_data(args.data, net.graph.input.shape)
+    targets = dict(DEFAULT_TARGETS)
+    for spec in args.target or []:
+        name, _, value = spec.partition("=")
+        if not name or not value:
+            raise ValueError(f"--target takes NAME=LOSS_PP, e.g. balanced=0.5; got {spec!r}")
+        targets[name] = Target(accuracy_loss_pp=float(value))
+    if args.ops_budget is not None:
+        targets["budget"] = Target(synaptic_ops=args.ops_budget)
+    result = calibrate(net, x, y, targets, profile=args.profile, progress=not args.quiet)
+    save(result.network, args.out or args.network)
+    for name, info in result.modes.items():
+        print(
+            f"{name:<10} cut-offs {[round(v, 3) for v in info['cutoffs']]}  "
+            f"loss {info['calibration_accuracy_loss_pp']:.2f} pp  "
+            f"{info['calibration_synaptic_ops_per_sample']:.0f} synaptic ops/sample"
+        )
+    print(f"wrote {args.out or args.network}")
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from powersave.api import load
+    from powersave.power.evaluate import evaluate, sweep
+
+    net = load(args.network)
+    x, y = _load_data(args.data, net.graph.input.shape)
+    result = evaluate(net, x, y)
+    result["sweep"] = sweep(net, x, y)
+    for m in result["modes"]:
+        print(
+            f"{m['name']:<10} accuracy {m['accuracy']:.2%}  "
+            f"synaptic ops/sample {m['synaptic_ops_per_sample']:.0f}"
+        )
+    if args.out:
+        _write_json(args.out, result)
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from powersave.report import write_report
+
+    try:
+        results = json.loads(Path(args.results).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{args.results} is not a JSON results file: {exc}") from None
+    if not isinstance(results, dict) or "models" not in results:
+        raise ValueError(f"{args.results} is not a powersave results.json (no 'models')")
+    out = args.out or str(Path(args.results).parent)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    paths = write_report(results, out)
+    print(f"wrote {paths.get('report.html', out)}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="powersave", description="A power-saving mode for neural networks."
+    )
+    parser.add_argument("--version", action="version", version=f"powersave {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="train, convert, calibrate and report on the bundled sample")
+    p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
+    p.add_argument("--models", default="mlp,cnn", help="comma-separated: mlp, cnn")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch threads for training")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quick", action="store_true", help="a small, fast run (figures mean little)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("info", help="summary of a saved network")
+    p.add_argument("network")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("run", help="run a saved network on an .npz (x, y) in one mode")
+    p.add_argument("network")
+    p.add_argument("data")
+    p.add_argument("--mode", default="full")
+    p.add_argument("--out", help="write the stats and predictions as JSON")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("calibrate", help="calibrate power-saving modes on held-out .npz data")
+    p.add_argument("network")
+    p.add_argument("data", help=".npz with x and y, disjoint from the data you will quote")
+    p.add_argument("--out", help="network file to write (default: overwrite NETWORK)")
+    p.add_argument("--target", action="append", help="NAME=LOSS_PP, e.g. balanced=0.5")
+    p.add_argument("--ops-budget", type=float, help="also a mode 'budget' with this many ops")
+    p.add_argument("--profile", default="cmos45-fp32", help="energy profile to minimise")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("sweep", help="evaluate every mode and a uniform cut-off sweep")
+    p.add_argument("network")
+    p.add_argument("data")
+    p.add_argument("--out", help="write the results as JSON")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("report", help="plots and report.html from a results.json")
+    p.add_argument("results")
+    p.add_argument("--out", help="output folder (default: beside results.json)")
+    p.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except KeyboardInterrupt:
+        print("powersave: interrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as exc:
+        if args.debug:
+            raise
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"powersave: error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
