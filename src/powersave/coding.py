@@ -25,7 +25,9 @@ def encode(activation: np.ndarray, scale: float, window: int) -> np.ndarray:
     a = np.asarray(activation)
     with np.errstate(invalid="ignore"):
         t = (window + 1.0) - np.minimum(a, scale) / scale
-    return np.where(a > 0, t, NEVER).astype(a.dtype if a.dtype.kind == "f" else np.float64)
+    # An activation so small that the time rounds to the window's end carries nothing: silent.
+    fires = (a > 0) & (t < window + 1.0)
+    return np.where(fires, t, NEVER).astype(a.dtype if a.dtype.kind == "f" else np.float64)
 
 
 def decode(times: np.ndarray, scale: float, window: int) -> np.ndarray:

@@ -103,6 +103,7 @@ class Network:
         *,
         record_spikes: bool = False,
         chunk_size: int = DEFAULT_CHUNK,
+        baselines: bool = True,
     ) -> Run:
         """Run a batch spike by spike.
 
@@ -111,6 +112,8 @@ class Network:
             mode: ``"full"``, a calibrated mode's name, or a :class:`Plan`.
             record_spikes: keep the spike times of every population (memory: N × neurons).
             chunk_size: samples processed at once.
+            baselines: also count the zero-skipping baseline (one dense pass of the ReLU
+                network; ``stats.zero_skip_ops`` is 0 without it).
         """
         plan = self.plan(mode)
         batch = self.check_inputs(x)
@@ -124,6 +127,7 @@ class Network:
                 plan,
                 costs=self.costs,
                 record_spikes=record_spikes,
+                baselines=baselines,
             )
             for i in range(0, batch.shape[0], chunk_size)
         ]
