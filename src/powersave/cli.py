@@ -163,7 +163,7 @@ def cmd_report(args: argparse.Namespace) -> None:
 
     try:
         results = json.loads(Path(args.results).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{args.results} is not a JSON results file: {exc}") from None
     if not isinstance(results, dict) or "models" not in results:
         raise ValueError(f"{args.results} is not a powersave results.json (no 'models')")
