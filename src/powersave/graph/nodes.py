@@ -84,7 +84,7 @@ class Input:
     Attributes:
         name: node name.
         shape: shape of one input sample as the user passes it, e.g. ``(784,)`` or ``(1, 28, 28)``.
-        scale: ``A_0``, the input intensity that fires at the window's start; larger values saturate.
+        scale: ``A_0``, the input intensity that fires at the window start; more saturates.
         signed: if True the input is split into ON and OFF channels, ``x = relu(x) - relu(-x)``,
             and the population has twice the channels (flat inputs: twice the features), ON first.
     """
