@@ -249,7 +249,7 @@ def _check_format(path: Path, meta: Any) -> dict[str, str]:
     if not isinstance(meta, dict) or "format" not in meta:
         raise NetworkFileError(
             f"{path} is a safetensors file but not a powersave network: its header has no "
-            f"'format' entry (expected {FORMAT!r}); save networks with powersave.write_network"
+            f"'format' entry (expected {FORMAT!r}); save networks with powersave.save"
         )
     if meta["format"] != FORMAT:
         raise NetworkFileError(
@@ -321,18 +321,26 @@ def _parse_json(path: Path, meta: Mapping[str, str], key: str) -> Any:
     return value
 
 
-def read_network(path: PathLike) -> tuple[Graph, dict[str, Plan], dict[str, Any]]:
-    """Load a network written by :func:`write_network`.
+def _build_plans(path: Path, meta: Mapping[str, str], graph: Graph) -> dict[str, Plan]:
+    plans: dict[str, Plan] = {}
+    for mode, entry in _parse_json(path, meta, "plans").items():
+        try:
+            plan = Plan.from_dict(entry)
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise NetworkFileError(f"network file {path}: plan {mode!r} is invalid: {exc}") from exc
+        if plan.to_dict() != entry:
+            raise NetworkFileError(f"network file {path}: plan {mode!r} does not read back")
+        if plan.cutoffs and len(plan.cutoffs) != graph.n_windows:
+            raise NetworkFileError(
+                f"network file {path}: plan {mode!r} has {len(plan.cutoffs)} cut-offs "
+                f"for {graph.n_windows} spiking populations"
+            )
+        plans[mode] = plan
+    return plans
 
-    Returns:
-        ``(graph, plans, metadata)``: plans by mode name, metadata as JSON values.
 
-    Raises:
-        NetworkFileError: the file is missing, unreadable, not a powersave network, of another
-            format version, truncated, corrupted (checksum mismatch) or holds an invalid graph.
-    """
-    path = Path(path)
-    data = _read_bytes(path)
+def _decode(path: Path, data: bytes) -> tuple[Graph, dict[str, Plan], dict[str, Any]]:
+    """:func:`read_network` on the file's bytes; ``path`` only names the file in errors."""
     header = _split(path, data)
     meta = _check_format(path, header.get("__metadata__"))
     try:
@@ -356,20 +364,18 @@ def read_network(path: PathLike) -> tuple[Graph, dict[str, Plan], dict[str, Any]
         graph = Graph(nodes)
     except GraphError as exc:
         raise NetworkFileError(f"network file {path} has an invalid graph: {exc}") from exc
+    return graph, _build_plans(path, meta, graph), _parse_json(path, meta, "metadata")
 
-    plans: dict[str, Plan] = {}
-    for mode, entry in _parse_json(path, meta, "plans").items():
-        try:
-            plans[mode] = Plan.from_dict(entry)
-        except (TypeError, ValueError, AttributeError) as exc:
-            raise NetworkFileError(f"network file {path}: plan {mode!r} is invalid: {exc}") from exc
-        if plans[mode].to_dict() != entry:
-            raise NetworkFileError(
-                f"network file {path}: plan {mode!r} does not read back as written"
-            )
-        if plans[mode].cutoffs and len(plans[mode].cutoffs) != graph.n_windows:
-            raise NetworkFileError(
-                f"network file {path}: plan {mode!r} has {len(plans[mode].cutoffs)} cut-offs "
-                f"for {graph.n_windows} spiking populations"
-            )
-    return graph, plans, _parse_json(path, meta, "metadata")
+
+def read_network(path: PathLike) -> tuple[Graph, dict[str, Plan], dict[str, Any]]:
+    """Load a network written by :func:`write_network`.
+
+    Returns:
+        ``(graph, plans, metadata)``: plans by mode name, metadata as JSON values.
+
+    Raises:
+        NetworkFileError: the file is missing, unreadable, not a powersave network, of another
+            format version, truncated, corrupted (checksum mismatch) or holds an invalid graph.
+    """
+    path = Path(path)
+    return _decode(path, _read_bytes(path))
