@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -34,10 +34,10 @@ def random_cnn(seed: int, channels: int, pool: str) -> nn.Sequential:
         nn.BatchNorm2d(channels),
         nn.ReLU(),
         pooling,
-        nn.Conv2d(channels, 4, 3, stride=2),
+        nn.Conv2d(channels, 4, 3, stride=2, padding=1),
         nn.ReLU(),
         nn.Flatten(),
-        nn.Linear(4 * 1 * 1, 5),
+        nn.Linear(4 * 2 * 2, 5),
     ).eval()
 
 
@@ -50,7 +50,9 @@ def check_full_power(model: nn.Module, x: np.ndarray) -> powersave.Run:
     """Convert with max scales on ``x`` and compare full power on the same ``x``."""
     net = powersave.convert(model, x)
     run = net.run(x)
-    assert run.stats.spikes[0] > 0 and sum(run.stats.spikes[1:]) > 0, "no spikes happened"
+    assert run.stats.spikes[0] > 0
+    # A randomly drawn layer can be dead on every sample: nothing to compare, draw again.
+    assume(all(s > 0 for s in run.stats.spikes[1:]))
     assert all(s == 0 for s in run.stats.saturated), "max scales: nothing may clip"
     expected = torch_logits(model, x)
     # float32: the engine sums in another order than torch; tolerance relative to the logits.
@@ -65,7 +67,7 @@ def check_full_power(model: nn.Module, x: np.ndarray) -> powersave.Run:
 @settings(max_examples=15, deadline=None)
 @given(
     seed=st.integers(0, 2**16),
-    hidden=st.lists(st.integers(1, 48), min_size=1, max_size=3),
+    hidden=st.lists(st.integers(4, 48), min_size=1, max_size=3),
     signed=st.booleans(),
 )
 def test_random_mlps_full_power_equals_pytorch(seed: int, hidden: list[int], signed: bool) -> None:
@@ -87,7 +89,7 @@ def test_random_cnns_full_power_equals_pytorch(seed: int, channels: int, pool: s
         bn.running_var.uniform_(0.5, 1.5)
         bn.weight.uniform_(0.5, 1.5)
         bn.bias.uniform_(-0.2, 0.2)
-    x = np.random.default_rng(seed).random((32, 1, 6, 6)).astype(np.float32)
+    x = np.random.default_rng(seed).random((32, 1, 8, 8)).astype(np.float32)
     check_full_power(model, x)
 
 
@@ -106,14 +108,15 @@ def test_clipping_error_is_measured_with_percentile_scales() -> None:
 def test_reference_simulator_and_event_engine_agree(seed: int, cutoff: float) -> None:
     rng = np.random.default_rng(seed)
     model = random_cnn(seed, 3, "max" if seed % 2 else "avg")
-    x = rng.random((6, 1, 6, 6)).astype(np.float32)
+    x = rng.random((16, 1, 8, 8)).astype(np.float32)
     net = powersave.convert(model, x)
     plan = Plan(cutoffs=(cutoff,) * net.graph.n_windows)
     dt = 1e-3
     reference = simulate(net.graph, x, dt=dt, plan=plan)
     event = net.run(x, plan, record_spikes=True)
     assert event.times is not None
-    assert all(np.isfinite(t).any() for t in event.times), "every population must spike"
+    assert np.isfinite(event.times[0]).any()
+    assume(all(np.isfinite(t).any() for t in event.times))  # a dead random layer: draw again
     for ref_t, ev_t in zip(reference.times, event.times, strict=True):
         both = np.isfinite(ref_t) & np.isfinite(ev_t)
         # A spike right at a cut-off may fall either side of it by float rounding.

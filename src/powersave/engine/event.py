@@ -64,6 +64,11 @@ def _count(fired: np.ndarray, fanout: np.ndarray) -> int:
     return int(np.tensordot(fired.astype(np.int64), fanout, axes=fired.ndim - 1).sum())
 
 
+def _saturated(a: np.ndarray, scale: float) -> int:
+    """Neurons clipped by the scale: above ``A`` by more than float32 rounding of the code."""
+    return int(np.count_nonzero(a > scale * (1 + 1e-5)))
+
+
 def _cut(times: np.ndarray, window: int, plan: Plan) -> np.ndarray:
     """Drop spikes of population ``window`` later than its cut-off ``window + c``."""
     c = plan.cutoff(window)
@@ -103,7 +108,7 @@ def run_events(
     # Window 0: the input population, ON/OFF split when signed.
     a = split_on_off(x.astype(np.float32, copy=False), graph.input.signed)
     scale = graph.input.scale
-    saturated = [int(np.count_nonzero(a > scale))]
+    saturated = [_saturated(a, scale)]
     fired_times = encode(a, scale, 0)
     times = _cut(fired_times, 0, plan)
     spikes = [int(np.count_nonzero(np.isfinite(times)))]
@@ -147,7 +152,7 @@ def run_events(
             else:
                 scale = node.scale  # type: ignore[assignment]
                 window += 1
-                saturated.append(int(np.count_nonzero(z > scale)))
+                saturated.append(_saturated(z, scale))
                 fired_times = encode(z, scale, window)
                 times = _cut(fired_times, window, plan)
                 spikes.append(int(np.count_nonzero(np.isfinite(times))))
