@@ -272,7 +272,7 @@ def profile_from_dict(data: Any, where: str = "profile") -> Profile:
         derivation=MappingProxyType({key: str(derivation[key]) for key in ENERGY_FIELDS}),
         sources=sources,
         caveats=tuple(caveats),
-        **values,
+        **values,  # type: ignore[arg-type]
     )
 
 

@@ -72,5 +72,6 @@ def synaptic_cost(
         return SynapticCost(fanout, neurons * int(c * kh * kw), neurons)
     kh, kw = node.kernel
     mask = np.ones((input_shape[0], kh, kw), dtype=np.int64)
-    fanout = _conv_fanout(mask, input_shape, out_hw, node.stride, node.padding)
+    stride = node.stride or node.kernel  # set to the kernel on construction when None
+    fanout = _conv_fanout(mask, input_shape, out_hw, stride, node.padding)
     return SynapticCost(fanout, neurons * kh * kw, neurons)

@@ -56,15 +56,14 @@ def _check_scale(kind: str, name: str, scale: float | None, required: bool) -> f
 
 def _pair(kind: str, name: str, what: str, value: object) -> tuple[int, int]:
     if isinstance(value, int | np.integer):
-        pair = (int(value), int(value))
-    else:
-        try:
-            pair = tuple(int(v) for v in value)  # type: ignore[attr-defined]
-        except TypeError:
-            raise GraphError(f"{kind} {name!r}: {what} must be an int or a pair of ints") from None
-        if len(pair) != 2:
-            raise GraphError(f"{kind} {name!r}: {what} must be a pair, got {value!r}")
-    return pair  # type: ignore[return-value]
+        return (int(value), int(value))
+    try:
+        items = tuple(int(v) for v in value)  # type: ignore[attr-defined]
+    except TypeError:
+        raise GraphError(f"{kind} {name!r}: {what} must be an int or a pair of ints") from None
+    if len(items) != 2:
+        raise GraphError(f"{kind} {name!r}: {what} must be a pair, got {value!r}")
+    return (items[0], items[1])
 
 
 def conv_output_hw(
