@@ -34,9 +34,7 @@ def conv2d(a: np.ndarray, node: Conv) -> np.ndarray:
     return np.ascontiguousarray(out + node.bias.astype(a.dtype)[None, :, None, None])
 
 
-def _pool(
-    x: np.ndarray, node: AvgPool | MaxPool, reduce: np.ufunc, fill: float
-) -> np.ndarray:
+def _pool(x: np.ndarray, node: AvgPool | MaxPool, reduce: np.ufunc, fill: float) -> np.ndarray:
     """Reduce each pooling window with ``reduce`` (np.add, np.maximum, np.minimum).
 
     One strided slice per kernel tap, combined elementwise: far faster than reducing a
