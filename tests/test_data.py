@@ -26,7 +26,7 @@ def test_split_sizes_shapes_and_ranges() -> None:
     splits = load_mnist10k()
     assert isinstance(splits, Splits)
     for part, size in zip(
-        (splits.train, splits.calibration, splits.test), (7000, 1000, 2000), strict=True
+        (splits.train, splits.calibration, splits.test), (6000, 2000, 2000), strict=True
     ):
         assert len(part) == size
         assert part.x.shape == (size, 1, 28, 28) and part.x.dtype == np.float32
@@ -61,11 +61,11 @@ def test_splits_are_deterministic() -> None:
 
 
 def test_split_indices_are_disjoint_and_shuffled() -> None:
-    train, calibration, test = bundled._split_indices(10000, (7000, 1000, 2000), seed=0)
+    train, calibration, test = bundled._split_indices(10000, (6000, 2000, 2000), seed=0)
     together = np.concatenate([train, calibration, test])
     assert len(np.unique(together)) == 10000  # pairwise disjoint, all samples used
     assert not np.array_equal(train, np.sort(train))  # shuffled: the file is sorted by class
-    again = bundled._split_indices(10000, (7000, 1000, 2000), seed=0)
+    again = bundled._split_indices(10000, (6000, 2000, 2000), seed=0)
     assert all(np.array_equal(a, b) for a, b in zip((train, calibration, test), again, strict=True))
     with pytest.raises(ValueError):
         bundled._split_indices(10, (7, 5), seed=0)
@@ -74,7 +74,7 @@ def test_split_indices_are_disjoint_and_shuffled() -> None:
 def test_splits_are_the_indexed_file_samples() -> None:
     data = resources.files("powersave.data").joinpath("mnist10k.npz").read_bytes()
     raw = np.load(io.BytesIO(data), allow_pickle=False)
-    indices = bundled._split_indices(10000, (7000, 1000, 2000), seed=0)
+    indices = bundled._split_indices(10000, (6000, 2000, 2000), seed=0)
     splits = load_mnist10k()
     for part, idx in zip((splits.train, splits.calibration, splits.test), indices, strict=True):
         assert np.array_equal(part.y, raw["y"][idx])

@@ -246,7 +246,7 @@ def calibrate(
     profile: str = "cmos45-fp32",
     early_decision: bool = True,
     start_step: float = 0.2,
-    min_step: float = 0.05,
+    min_step: float = 0.025,
     confidence_z: float = 1.645,
     progress: bool = True,
 ) -> Calibration:
