@@ -189,6 +189,50 @@ def run_events(
     )
 
 
+def run_chunked(
+    graph: Graph,
+    x: np.ndarray,
+    plan: Plan = FULL,
+    *,
+    chunk_size: int = 128,
+    costs: tuple[SynapticCost, ...] | None = None,
+    record_spikes: bool = False,
+    baselines: bool = True,
+) -> EventResult:
+    """:func:`run_events` over chunks of ``chunk_size`` samples, results joined.
+
+    Small chunks keep the temporaries (im2col columns above all) in cache: on the bundled CNN,
+    chunks of 100 run three times faster than one batch of 2000, and memory stays bounded.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    costs = graph_costs(graph) if costs is None else costs
+    parts = [
+        run_events(
+            graph,
+            x[i : i + chunk_size],
+            plan,
+            costs=costs,
+            record_spikes=record_spikes,
+            baselines=baselines,
+        )
+        for i in range(0, x.shape[0], chunk_size)
+    ]
+
+    def join(arrays: list[tuple[np.ndarray, ...] | None]) -> tuple[np.ndarray, ...] | None:
+        if arrays[0] is None:
+            return None
+        return tuple(np.concatenate(group) for group in zip(*arrays, strict=True))  # type: ignore[misc]
+
+    return EventResult(
+        logits=np.concatenate([p.logits for p in parts]),
+        stats=RunStats.merge([p.stats for p in parts]),
+        times=join([p.times for p in parts]),
+        decision_times=np.concatenate([p.decision_times for p in parts]),
+        fired=join([p.fired for p in parts]),
+    )
+
+
 def _early_decision(
     times: np.ndarray,
     a: np.ndarray,

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from powersave.coding import decode
 from powersave.energy import estimate, load_profile
-from powersave.engine.event import graph_costs, run_events
+from powersave.engine.event import graph_costs, run_chunked
 from powersave.graph.graph import Graph
 from powersave.graph.nodes import Input
 from powersave.network import Network
@@ -134,7 +134,7 @@ class _Evaluator:
         """Run ``cutoffs`` from the deepest cached prefix, caching what it passes on the way."""
         k = max(j for j in range(len(cutoffs)) if cutoffs[:j] in self.cache)
         inputs, prefix_ops, prefix_spikes = self.cache[cutoffs[:k]]
-        result = run_events(
+        result = run_chunked(
             self.suffixes[k],
             inputs,
             Plan(cutoffs=cutoffs[k:]),
