@@ -173,6 +173,8 @@ def test_info_run_calibrate_sweep_report(
         (["report", "{npz}"], "not a JSON results file"),
         (["calibrate", "{net}", "{npz}", "--target", "oops"], "NAME=LOSS_PP"),
         (["demo", "--models", "rnn", "--out", "{tmp}/d"], "unknown model"),
+        (["run", "{net}", "nonsense"], "not a data set name"),
+        (["run", "{net}", "mnist", "--no-download", "--cache-dir", "{tmp}"], "downloading is"),
     ],
 )
 def test_user_errors_exit_2_with_one_line(

@@ -13,8 +13,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from powersave._atomic import write_text_atomic
 from powersave._version import __version__
 from powersave.errors import PowersaveError
@@ -22,16 +20,45 @@ from powersave.errors import PowersaveError
 USER_ERRORS = (PowersaveError, ValueError, TypeError, OSError, KeyError)
 
 
-def _load_data(path: str, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Inputs and labels of an ``.npz`` with ``x`` and ``y``, shaped for a network's input."""
-    from powersave.data import load_npz
+def _load_data(args: argparse.Namespace, shape: tuple[int, ...], split: str) -> tuple[Any, Any]:
+    """Inputs and labels shaped for a network's input.
 
-    data = load_npz(path)
+    ``args.data`` is an ``.npz`` file with ``x`` and ``y`` (all of it is used), or a data set name
+    (``mnist10k``, ``mnist``, ``fashion-mnist``, ``cifar10``) of which ``split`` is used.
+    """
+    from powersave.data import dataset_names, load_dataset, load_npz
+
+    spec = args.data
+    if Path(spec).exists() or spec.endswith(".npz") or spec not in dataset_names():
+        if not Path(spec).exists() and spec not in dataset_names():
+            raise ValueError(
+                f"{spec}: no such file, and not a data set name ({', '.join(dataset_names())})"
+            )
+        data = load_npz(spec)
+    else:
+        splits = load_dataset(
+            spec,
+            cache_dir=getattr(args, "cache_dir", None),
+            download=not getattr(args, "no_download", False),
+            normalize=getattr(args, "normalize", False),
+        )
+        data = getattr(splits, split)
     x = data.x
     # A missing channel axis of size 1 is the one reshape that cannot mix up a layout.
     if tuple(x.shape[1:]) != shape and shape[:1] == (1,) and tuple(x.shape[1:]) == shape[1:]:
         x = x.reshape(len(x), *shape)
     return x, data.y
+
+
+def _data_arguments(p: argparse.ArgumentParser, split: str) -> None:
+    p.add_argument(
+        "data",
+        help=f".npz with x and y, or a data set name (uses its {split} split): "
+        "mnist10k, mnist, fashion-mnist, cifar10",
+    )
+    p.add_argument("--cache-dir", help="where downloaded data sets live ($POWERSAVE_DATA)")
+    p.add_argument("--no-download", action="store_true", help="fail rather than download")
+    p.add_argument("--normalize", action="store_true", help="per-channel standardisation")
 
 
 def _write_json(path: str, payload: Any) -> None:
@@ -94,7 +121,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     from powersave.api import load
 
     net = load(args.network)
-    x, y = _load_data(args.data, net.graph.input.shape)
+    x, y = _load_data(args, net.graph.input.shape, "test")
     run = net.run(x, args.mode)
     s = run.stats
     print(f"mode {run.mode}: accuracy {run.accuracy(y):.2%} on {s.n_samples} samples")
@@ -121,7 +148,7 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
     from powersave.power.calibrate import DEFAULT_TARGETS, Target, calibrate
 
     net = load(args.network)
-    x, y = _load_data(args.data, net.graph.input.shape)
+    x, y = _load_data(args, net.graph.input.shape, "calibration")
     targets = dict(DEFAULT_TARGETS)
     for spec in args.target or []:
         name, _, value = spec.partition("=")
@@ -146,7 +173,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     from powersave.power.evaluate import evaluate, sweep
 
     net = load(args.network)
-    x, y = _load_data(args.data, net.graph.input.shape)
+    x, y = _load_data(args, net.graph.input.shape, "test")
     result = evaluate(net, x, y)
     result["sweep"] = sweep(net, x, y)
     for m in result["modes"]:
@@ -196,14 +223,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run a saved network on an .npz (x, y) in one mode")
     p.add_argument("network")
-    p.add_argument("data")
+    _data_arguments(p, "test")
     p.add_argument("--mode", default="full")
     p.add_argument("--out", help="write the stats and predictions as JSON")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("calibrate", help="calibrate power-saving modes on held-out .npz data")
     p.add_argument("network")
-    p.add_argument("data", help=".npz with x and y, disjoint from the data you will quote")
+    _data_arguments(p, "calibration")
     p.add_argument("--out", help="network file to write (default: overwrite NETWORK)")
     p.add_argument("--target", action="append", help="NAME=LOSS_PP, e.g. balanced=0.5")
     p.add_argument("--ops-budget", type=float, help="also a mode 'budget' with this many ops")
@@ -213,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sweep", help="evaluate every mode and a uniform cut-off sweep")
     p.add_argument("network")
-    p.add_argument("data")
+    _data_arguments(p, "test")
     p.add_argument("--out", help="write the results as JSON")
     p.set_defaults(func=cmd_sweep)
 
