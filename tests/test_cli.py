@@ -159,6 +159,11 @@ def test_info_run_calibrate_sweep_report(
     assert main(["sweep", net, str(test_npz), "--out", str(tmp_path / "s.json")]) == 0
     assert len(json.loads((tmp_path / "s.json").read_text())["sweep"]) > 3
 
+    assert main(["export", net, "--nir", str(tmp_path / "net.nir")]) == 0
+    import nir
+
+    assert len(nir.read(str(tmp_path / "net.nir")).nodes) > 3
+
     assert main(["report", str(demo / "results.json"), "--out", str(tmp_path / "rep")]) == 0
     assert (tmp_path / "rep" / "report.html").exists()
 

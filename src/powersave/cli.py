@@ -200,6 +200,14 @@ def cmd_report(args: argparse.Namespace) -> None:
     print(f"wrote {paths.get('report.html', out)}")
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from powersave.api import load
+    from powersave.export import export_nir
+
+    export_nir(load(args.network), args.nir)
+    print(f"wrote {args.nir} (NIR; opens with nir.read; see docs/nir.md for what consumers run)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="powersave", description="A power-saving mode for neural networks."
@@ -243,6 +251,11 @@ def build_parser() -> argparse.ArgumentParser:
     _data_arguments(p, "test")
     p.add_argument("--out", help="write the results as JSON")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("export", help="write a saved network as a NIR graph")
+    p.add_argument("network")
+    p.add_argument("--nir", required=True, help="output .nir file")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("report", help="plots and report.html from a results.json")
     p.add_argument("results")
