@@ -113,8 +113,9 @@ def run_model(
     network = calibration.network
     save(network, out / f"{name}.safetensors")
 
-    results = evaluate(network, data.test.x, data.test.y, profiles=PROFILES)
-    full_predictions = network.run(data.test.x, "full").predictions
+    full = network.run(data.test.x, "full")
+    results = evaluate(network, data.test.x, data.test.y, profiles=PROFILES, full=full)
+    full_predictions = full.predictions
     for record in results["modes"]:
         if record["name"] in calibration.modes:
             record["calibration"] = calibration.modes[record["name"]]
