@@ -204,3 +204,30 @@ def test_lowering_a_cutoff_never_adds_operations_to_the_spikes_it_cuts(
     assert b.stats.spikes[layer] <= a.stats.spikes[layer]
     # Everything upstream of the cut is untouched.
     assert b.stats.layer_synaptic_ops[:layer] == a.stats.layer_synaptic_ops[:layer]
+
+
+def test_early_decision_agrees_with_full_at_exact_ties() -> None:
+    """Two classes with the same weights in another order: exact ties in real arithmetic."""
+    rng = np.random.default_rng(0)
+    w0 = rng.normal(size=64).astype(np.float32)
+    w1 = w0[rng.permutation(64)]
+    x = np.repeat(rng.random((256, 1)), 64, axis=1).astype(np.float32)
+    g = Graph((Input("x", (64,), 1.0), Dense("out", np.stack([w0, w1]), np.zeros(2))))
+    full = run_events(g, x)
+    early = run_events(g, x, Plan(early_decision=True))
+    np.testing.assert_array_equal(early.logits.argmax(1), full.logits.argmax(1))
+
+
+def test_early_decision_agrees_with_full_under_cancellation() -> None:
+    """Huge weights of both signs cancel: float32 rounding of the full pass is large."""
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        a = rng.uniform(0.3, 1.0, size=(1, 8)).astype(np.float32)
+        w0 = (rng.uniform(5e3, 2e4, size=8) * rng.choice([-1, 1], size=8)).astype(np.float32)
+        w0[-1] = np.float32(-float(a[0, :-1] @ w0[:-1]) / float(a[0, -1]))
+        exact = float(a[0].astype(np.float64) @ w0.astype(np.float64))
+        bias = np.array([0.0, exact + rng.choice([-3e-5, 3e-5])], np.float32)
+        g = Graph((Input("x", (8,), 1.0), Dense("out", np.stack([w0, np.zeros(8)]), bias)))
+        full = run_events(g, a)
+        early = run_events(g, a, Plan(early_decision=True))
+        assert early.logits.argmax() == full.logits.argmax()

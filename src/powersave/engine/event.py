@@ -248,49 +248,72 @@ def _early_decision(
     rival ``r`` by ``D_r``; every input not yet arrived (including those that will never fire) is
     at most as intense as the last arrived one, ``a_now``, so it can still cut the lead by at
     most ``a_now * max(0, w_ir - w_il)``. Stop at the first ``k`` with
-    ``D_r > (1 - margin) * a_now * sum_unarrived max(0, w_ir - w_il)`` for every rival.
+    ``D_r > (1 - margin) * a_now * sum_unarrived max(0, w_ir - w_il) + tol`` for every rival.
     With ``margin = 0`` the final lead is then provably positive: the prediction equals full
     processing. Before the first spike ``a_now`` is the scale ``A``.
 
+    ``tol`` covers float32 rounding of the full pass: a float32 sum of ``H + 1`` terms is off by
+    at most about ``(H + 1) * 2**-24`` times the sum of their magnitudes, here bounded by
+    ``|b| + sum_arrived |w| a + a_now * sum_unarrived |w|`` for the leader and the rival (taken
+    twice for safety). Samples never certain take the full pass's own float32 logits, so their
+    argmax is the full pass's by construction.
+
     Args:
-        times, a: ``(N, H)`` spike times and decoded intensities of the readout's inputs.
+        times, a: ``(N, H)`` spike times and decoded float32 intensities of the readout's inputs.
     Returns:
         the potentials at the decision ``(N, C)``, synaptic operations used, decision times.
     """
-    n = times.shape[0]
+    n, h = times.shape
     w = node.weight.T.astype(np.float64)  # (H, C): row i is what input i adds to each class
     c = w.shape[1]
+    bias = node.bias.astype(np.float64)
     # pos[i, l, r] = max(0, w_ir - w_il): how much input i can help rival r against leader l.
     pos = np.maximum(w[:, None, :] - w[:, :, None], 0.0)  # (H, C, C)
     total_pos = pos.sum(axis=0)  # (C, C)
-    logits = np.empty((n, c), dtype=np.float64)
-    decided_at = np.empty(n)
+    abs_w = np.abs(w)
+    total_abs = abs_w.sum(axis=0)  # (C,)
+    rounding = (h + 1) * 2.0**-23
+    logits = ops.dense(a, node).astype(np.float64)  # the full pass, for the undecided
+    decided_at = np.full(n, window + 1.0)
     used = 0
-    for s in range(n):  # one sample at a time keeps memory at H * C * C
-        order = np.argsort(times[s], kind="stable")
-        k_fired = int(np.count_nonzero(np.isfinite(times[s])))
-        order = order[:k_fired]
-        contrib = w[order] * a[s, order, None].astype(np.float64)  # (K, C)
-        potentials = np.vstack([node.bias[None].astype(np.float64), contrib]).cumsum(axis=0)
-        leader = potentials.argmax(axis=1)  # (K + 1,)
-        arrived = np.vstack([np.zeros((1, c, c)), pos[order].cumsum(axis=0)])  # (K + 1, C, C)
-        steps = np.arange(k_fired + 1)
-        unarrived = (total_pos - arrived)[steps, leader]  # (K + 1, C) for the leader at step k
-        a_now = np.concatenate([[scale], a[s, order].astype(np.float64)])  # (K + 1,)
-        lead = potentials[steps, leader][:, None] - potentials  # (K + 1, C)
-        bound = (1.0 - margin) * a_now[:, None] * unarrived
-        # A lead that only float rounding could overturn is not a lead: the full float32 pass
-        # must agree with the decision, so demand a little more than the exact bound.
-        tolerance = 1e-5 * (1.0 + np.abs(potentials).max(axis=1, keepdims=True))
+    # Samples per block: the prefix sums below hold block * (H + 1) * C * C floats.
+    block = max(1, int(4e6 // ((h + 1) * c * c)))
+    for s0 in range(0, n, block):
+        t = times[s0 : s0 + block]
+        m = t.shape[0]
+        order = np.argsort(t, axis=1, kind="stable")  # (m, H), silent inputs last
+        fired = np.isfinite(t).sum(axis=1)  # (m,)
+        a_sorted = np.take_along_axis(a[s0 : s0 + block].astype(np.float64), order, axis=1)
+
+        def prefix(x: np.ndarray) -> np.ndarray:
+            """Sums over the first k arrivals, k = 0 … H, along axis 1."""
+            return np.concatenate([np.zeros_like(x[:, :1]), x.cumsum(axis=1)], axis=1)
+
+        potentials = bias + prefix(w[order] * a_sorted[..., None])  # (m, H + 1, C)
+        leader = potentials.argmax(axis=2)  # (m, H + 1)
+        rows = np.arange(m)[:, None]
+        steps = np.arange(h + 1)[None, :]
+        unarrived = total_pos[leader] - prefix(pos[order])[rows, steps, leader]  # (m, H+1, C)
+        a_now = np.concatenate([np.full((m, 1), scale), a_sorted], axis=1)  # (m, H + 1)
+        lead = np.take_along_axis(potentials, leader[..., None], axis=2) - potentials
+        bound = (1.0 - margin) * a_now[..., None] * unarrived
+        magnitude = (
+            np.abs(bias)
+            + prefix(abs_w[order] * a_sorted[..., None])
+            + a_now[..., None] * (total_abs - prefix(abs_w[order]))
+        )  # (m, H + 1, C)
+        tolerance = rounding * (np.take_along_axis(magnitude, leader[..., None], 2) + magnitude)
         safe = lead > bound + tolerance
-        safe[steps, leader] = True
-        certain = np.flatnonzero(safe.all(axis=1))
-        if certain.size:
-            k = int(certain[0])
-            decided_at[s] = times[s, order[k - 1]] if k > 0 else float(window)
-        else:  # never certain: wait for the end of the window, i.e. full processing
-            k = k_fired
-            decided_at[s] = window + 1.0
-        logits[s] = potentials[k]
-        used += int(fanout[order[:k]].sum())
+        np.put_along_axis(safe, leader[..., None], True, axis=2)
+        # Steps past the last spike are not arrivals: the window's end decides those samples.
+        certain = safe.all(axis=2) & (steps <= fired[:, None])
+        decided = certain.any(axis=1)
+        k = np.where(decided, certain.argmax(axis=1), fired)  # (m,)
+        spent = prefix(fanout[order].astype(np.int64))  # (m, H + 1)
+        used += int(spent[np.arange(m), k].sum())
+        idx = np.flatnonzero(decided)
+        logits[s0 + idx] = potentials[idx, k[idx]]
+        sorted_times = np.take_along_axis(t, order, axis=1)
+        last = sorted_times[idx, np.maximum(k[idx] - 1, 0)]
+        decided_at[s0 + idx] = np.where(k[idx] > 0, last, float(window))
     return logits.astype(np.float32), used, decided_at
