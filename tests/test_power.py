@@ -98,7 +98,7 @@ def test_evaluate_reports_both_baselines_and_the_early_decision() -> None:
         assert set(mode["energy_pj_per_sample"]) == {"cmos45-fp32", "cmos45-int8", "loihi"}
         assert mode["synaptic_ops_per_sample"] <= mode["dense_macs_per_sample"]
     assert result["early_decision_alone"]["changed_predictions"] == 0
-    assert 0 <= result["early_decision_alone"]["readout_ops_saved_share"] < 1
+    assert 0 < result["early_decision_alone"]["readout_ops_saved_share"] < 1
     dense = result["baselines"]["dense"]["energy_pj_per_sample"]["cmos45-fp32"]
     zero_skip = result["baselines"]["zero_skip"]["energy_pj_per_sample"]["cmos45-fp32"]
     assert dense > zero_skip > 0
@@ -127,3 +127,46 @@ def test_bad_targets_and_labels() -> None:
         calibrate(net, x, y[:-1], progress=False)
     with pytest.raises(TypeError, match="integer class indices"):
         calibrate(net, x, y.astype(float), progress=False)
+
+
+def test_an_unreachable_budget_is_reported() -> None:
+    net, x, y = teacher_network(7)
+    with pytest.warns(UserWarning, match="was not reached"):
+        result = calibrate(net, x, y, {"tiny": Target(synaptic_ops=1.0)}, progress=False)
+    assert result.modes["tiny"]["reached"] is False
+
+
+def test_convolutional_readout_calibrates_without_early_decision() -> None:
+    rng = np.random.default_rng(8)
+    from powersave.graph import Conv, Flatten
+
+    g = Graph(
+        (
+            Input("x", (1, 6, 6), 1.0),
+            Conv("c1", rng.normal(size=(4, 1, 3, 3)), rng.normal(size=4) * 0.1, scale=1.0),
+            Conv("population", rng.normal(size=(3, 4, 4, 4)), np.zeros(3)),  # a clashing name
+            Flatten("f"),
+        )
+    )
+    x = rng.random((120, 1, 6, 6)).astype(np.float32)
+    ann = dense_pass.forward(g, x)
+    g = g.with_scales({"x": 1.0, "c1": float(ann.activations[1].max())})
+    y = ann.logits.argmax(1)
+    result = calibrate(Network(g), x, y, progress=False)
+    for mode in ("balanced", "saver", "ultra"):
+        assert result.network.plan(mode).early_decision is False
+        result.network.run(x, mode)
+    assert evaluate(result.network, x, y)["early_decision_alone"] is None
+
+
+def test_calibration_cache_matches_direct_runs() -> None:
+    from powersave.power.calibrate import _Evaluator
+
+    net, x, y = teacher_network(9)
+    ev = _Evaluator(net.graph, x, y, lambda counts: counts["synaptic_ops"])
+    for cutoffs in [(0.5, 1.0, 1.0), (0.5, 0.7, 1.0), (0.5, 0.7, 0.4), (1.0, 0.7, 0.4)]:
+        point = ev.point(cutoffs)
+        direct = net.run(x, powersave.Plan(cutoffs=cutoffs), baselines=False)
+        assert point.synaptic_ops == pytest.approx(direct.stats.synaptic_ops_per_sample)
+        assert point.spikes == pytest.approx(direct.stats.spikes_per_sample)
+        assert point.correct == int(np.sum(direct.predictions == y))

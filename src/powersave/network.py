@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
 import numpy as np
 
 from powersave.engine.costs import SynapticCost
-from powersave.engine.event import graph_costs, run_chunked
+from powersave.engine.event import graph_costs, run_chunked, zero_skip_ops
 from powersave.engine.stats import RunStats
 from powersave.graph.graph import Graph
 from powersave.inputs import check_batch
@@ -125,14 +125,23 @@ class Network:
             chunk_size=chunk_size,
             costs=self.costs,
             record_spikes=record_spikes,
-            baselines=baselines,
+            baselines=False,
         )
-        seconds = time.perf_counter() - start
+        seconds = time.perf_counter() - start  # the spiking path only, never the baseline
+        stats = result.stats
+        if baselines:
+            zero_skip = [
+                zero_skip_ops(self.graph, batch[i : i + chunk_size], self.costs)
+                for i in range(0, batch.shape[0], chunk_size)
+            ]
+            stats = replace(
+                stats, layer_zero_skip_ops=tuple(int(sum(v)) for v in zip(*zero_skip, strict=True))
+            )
         return Run(
             logits=result.logits,
             predictions=result.logits.argmax(axis=1).astype(np.int64),
-            stats=result.stats,
-            mode=plan.name or str(mode),
+            stats=stats,
+            mode=plan.name or (mode if isinstance(mode, str) else "custom"),
             seconds=seconds,
             times=result.times,
             decision_times=result.decision_times,

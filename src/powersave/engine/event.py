@@ -69,6 +69,12 @@ def _saturated(a: np.ndarray, scale: float) -> int:
     return int(np.count_nonzero(a > scale * (1 + 1e-5)))
 
 
+def zero_skip_ops(graph: Graph, x: np.ndarray, costs: tuple[SynapticCost, ...]) -> tuple[int, ...]:
+    """The zero-skipping baseline per layer: the ReLU network's non-zero activations × fan-out."""
+    inputs = dense_pass.forward(graph, x).layer_inputs
+    return tuple(_count(a != 0, cost.fanout) for a, cost in zip(inputs, costs, strict=True))
+
+
 def _cut(times: np.ndarray, window: int, plan: Plan) -> np.ndarray:
     """Drop spikes of population ``window`` later than its cut-off ``window + c``."""
     c = plan.cutoff(window)
@@ -161,12 +167,7 @@ def run_events(
                     recorded_fired.append(fired_times)
         layer += 1
 
-    zero_skip = [0] * len(costs)
-    if baselines:
-        zero_skip = [
-            _count(inp != 0, cost.fanout)
-            for inp, cost in zip(dense_pass.forward(graph, x).layer_inputs, costs, strict=True)
-        ]
+    zero_skip = zero_skip_ops(graph, x, costs) if baselines else (0,) * len(costs)
     stats = RunStats(
         n_samples=n,
         populations=tuple(p.source for p in graph.populations),
@@ -176,7 +177,7 @@ def run_events(
         layers=tuple(node.name for node in graph.nodes if isinstance(node, SYNAPTIC_TYPES)),
         layer_synaptic_ops=tuple(synops),
         layer_dense_macs=tuple(n * cost.dense_macs for cost in costs),
-        layer_zero_skip_ops=tuple(zero_skip),
+        layer_zero_skip_ops=zero_skip,
         neuron_updates=n * sum(cost.neurons for cost in costs),
         readout_ops_saved=saved,
     )

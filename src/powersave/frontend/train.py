@@ -10,11 +10,21 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from itertools import pairwise
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    from powersave.frontend.sparse import (
+        ActivityPenalty,
+        CriticalityPenalty,
+        PowerAware,
+        Pruning,
+        Quantization,
+    )
 
 
 @contextmanager
@@ -123,8 +133,18 @@ def train_classifier(
     progress: bool = True,
     weight_decay: float = 0.0,
     threads: int | None = None,
+    activity: ActivityPenalty | None = None,
+    pruning: Pruning | None = None,
+    power_aware: PowerAware | None = None,
+    quantization: Quantization | None = None,
+    criticality: CriticalityPenalty | None = None,
+    lr_decay: bool = False,
 ) -> nn.Module:
     """Train ``model`` in place (Adam, cross-entropy of its logits); return it in eval mode.
+
+    The options after ``threads`` are off by default; each is described, with what it adds to
+    the loss, in :mod:`powersave.frontend.sparse` (``docs/training.md`` has the recipes). With
+    any of them on, the model is run as the chain of ops the converter reads, without dropout.
 
     Args:
         model: maps ``(B, *x.shape[1:])`` float32 to logits ``(B, classes)``.
@@ -137,6 +157,14 @@ def train_classifier(
             model, data and seed give the same weights.
         progress: show a tqdm progress bar (one tick per batch, with the running loss).
         threads: torch CPU threads to use during training; None leaves torch's setting alone.
+        activity: penalise a differentiable count of hidden spikes (:class:`ActivityPenalty`).
+        pruning: gradual magnitude pruning to exact zeros (:class:`Pruning`).
+        power_aware: a mode's cut-offs active in the forward pass, straight-through
+            (:class:`PowerAware`).
+        quantization: b-bit spike times in the forward pass, straight-through
+            (:class:`Quantization`).
+        criticality: hold each hidden layer's gain χ near a target (:class:`CriticalityPenalty`).
+        lr_decay: anneal the learning rate to 0 along a cosine over the run.
     """
     if epochs < 0 or batch_size < 1:
         raise ValueError(f"need epochs >= 0 and batch_size >= 1, got {epochs}, {batch_size}")
@@ -145,21 +173,45 @@ def train_classifier(
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     loss_fn = nn.CrossEntropyLoss()
     n_batches = -(-len(tx) // batch_size)
+    total_steps = epochs * n_batches
+    scheduler = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1))
+        if lr_decay
+        else None
+    )
+    runner = None
+    if any(o is not None for o in (activity, pruning, power_aware, quantization, criticality)):
+        from powersave.frontend.sparse import OptionsRunner, TrainingOptions
+
+        options = TrainingOptions(activity, pruning, power_aware, quantization, criticality)
+        runner = OptionsRunner(model, options, total_steps)
+        signed = bool((tx < 0).any())
     model.train()
     with (
         _threads(threads),
         _seeded(seed),
-        tqdm(total=epochs * n_batches, disable=not progress, desc="train", unit="batch") as bar,
+        tqdm(total=total_steps, disable=not progress, desc="train", unit="batch") as bar,
     ):
+        if runner is not None:
+            runner.after_step(0)
+        step = 0
         for epoch in range(epochs):
             order = torch.randperm(len(tx), generator=generator)
             total = 0.0
             for b in range(n_batches):
                 index = order[b * batch_size : (b + 1) * batch_size]
                 optimizer.zero_grad(set_to_none=True)
-                loss = loss_fn(model(tx[index]), ty[index])
+                if runner is None:
+                    loss = loss_fn(model(tx[index]), ty[index])
+                else:
+                    loss, _ = runner.loss(tx[index], ty[index], signed)
                 loss.backward()
                 optimizer.step()
+                step += 1
+                if scheduler is not None:
+                    scheduler.step()
+                if runner is not None:
+                    runner.after_step(step)
                 total += float(loss.detach())
                 bar.update(1)
                 bar.set_postfix(epoch=epoch + 1, loss=f"{total / (b + 1):.4f}", refresh=False)

@@ -13,6 +13,7 @@ and a candidate that changes population ℓ only reruns the network from populat
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +25,7 @@ from powersave.coding import decode
 from powersave.energy import estimate, load_profile
 from powersave.engine.event import graph_costs, run_chunked
 from powersave.graph.graph import Graph
-from powersave.graph.nodes import Input
+from powersave.graph.nodes import Dense, Input
 from powersave.network import Network
 from powersave.plan import Plan
 
@@ -127,8 +128,10 @@ class _Evaluator:
         if k == 0:
             return self.graph
         pop = self.pops[k]
-        at = [n.name for n in self.graph.nodes].index(pop.source)
-        return Graph((Input("population", pop.shape, pop.scale), *self.graph.nodes[at + 1 :]))
+        names = [n.name for n in self.graph.nodes]
+        at = names.index(pop.source)
+        name = "_".join(["population", *names])  # unlike any node name after it
+        return Graph((Input(name, pop.shape, pop.scale), *self.graph.nodes[at + 1 :]))
 
     def _predict(self, cutoffs: tuple[float, ...]) -> tuple[np.ndarray, dict[str, float]]:
         """Run ``cutoffs`` from the deepest cached prefix, caching what it passes on the way."""
@@ -159,6 +162,16 @@ class _Evaluator:
             "neuron_updates": self.neurons,
         }
         return result.logits.argmax(axis=1), counts
+
+    def forget_all_but(self, cutoffs: tuple[float, ...]) -> None:
+        """Drop cached activations that are not prefixes of ``cutoffs`` (memory: N × neurons each).
+
+        The greedy search only ever branches from its current point, so the prefixes of that
+        point are all it can reuse.
+        """
+        keep = {cutoffs[:k] for k in range(len(cutoffs) + 1)}
+        for key in [k for k in self.cache if k not in keep]:
+            del self.cache[key]
 
     def point(self, cutoffs: tuple[float, ...]) -> Point:
         """The plan ``cutoffs`` measured on the calibration data (memoised)."""
@@ -207,14 +220,8 @@ def _greedy(
             return ev.loss_bound_pp(p, z) <= target.accuracy_loss_pp + 1e-9
         return True
 
-    def reached(p: Point) -> bool:
-        if target.synaptic_ops is not None:
-            return p.synaptic_ops <= target.synaptic_ops
-        if target.energy_pj is not None:
-            return p.energy_pj <= target.energy_pj
-        return False
-
-    while step >= min_step - 1e-12 and not reached(current):
+    budget = target.accuracy_loss_pp is None  # a budget stops once met; accuracy goes on
+    while step >= min_step - 1e-12 and not (budget and _reached(target, current)):
         best: tuple[float, Point] | None = None
         for k in range(len(ev.pops)):
             c = round(current.cutoffs[k] - step, 6)
@@ -234,7 +241,17 @@ def _greedy(
             step /= 2
         else:
             current = best[1]
+        ev.forget_all_but(current.cutoffs)
     return current
+
+
+def _reached(target: Target, p: Point) -> bool:
+    """Whether a budget target was met (accuracy targets hold by construction)."""
+    if target.synaptic_ops is not None:
+        return p.synaptic_ops <= target.synaptic_ops
+    if target.energy_pj is not None:
+        return p.energy_pj <= target.energy_pj
+    return True
 
 
 def calibrate(
@@ -281,6 +298,9 @@ def calibrate(
     if "full" in targets:
         raise ValueError("'full' is built in and drops nothing; choose another mode name")
     prof = load_profile(profile)
+    # The certified early decision is defined for a Dense readout; a convolutional readout keeps
+    # its cut-offs and decides at the end of its window.
+    early_decision = early_decision and isinstance(network.graph.readout, Dense)
 
     def energy(counts: dict[str, float]) -> float:
         return estimate({**counts, "dense_macs": 0.0, "zero_skip_ops": 0.0}, prof).spiking_pj
@@ -312,9 +332,18 @@ def calibrate(
         )
         if target.accuracy_loss_pp is not None:
             previous = found
+        reached = _reached(target, found)
+        if not reached:
+            warnings.warn(
+                f"mode {name!r}: the budget {target.to_dict()} was not reached; the cheapest "
+                f"plan found uses {found.synaptic_ops:.0f} synaptic ops and "
+                f"{found.energy_pj:.0f} pJ per sample",
+                stacklevel=2,
+            )
         plans[name] = Plan(cutoffs=found.cutoffs, early_decision=early_decision, name=name)
         report[name] = {
             "target": target.to_dict(),
+            "reached": reached,
             "cutoffs": list(found.cutoffs),
             "early_decision": early_decision,
             "profile": prof.name,

@@ -14,6 +14,7 @@ import numpy as np
 
 from powersave.energy import Profile, estimate, load_profile
 from powersave.engine import dense as dense_pass
+from powersave.graph.nodes import Dense
 from powersave.network import Network, Run
 from powersave.plan import Plan
 
@@ -107,15 +108,17 @@ def evaluate(
         run = full if name == "full" else network.run(x, name, baselines=False)
         records.append(mode_record(run, full, y, plan, profs))
 
-    early = network.run(x, Plan(early_decision=True, name="full+early"), baselines=False)
-    readout_full = full.stats.layer_synaptic_ops[-1] / x.shape[0]
-    readout_early = early.stats.layer_synaptic_ops[-1] / x.shape[0]
-    early_alone = {
-        "changed_predictions": int(np.sum(early.predictions != full.predictions)),
-        "readout_ops_per_sample_full": readout_full,
-        "readout_ops_per_sample_early": readout_early,
-        "readout_ops_saved_share": 1.0 - readout_early / readout_full if readout_full else 0.0,
-    }
+    early_alone = None  # the early decision needs a Dense readout
+    if isinstance(network.graph.readout, Dense):
+        early = network.run(x, Plan(early_decision=True, name="full+early"), baselines=False)
+        readout_full = full.stats.layer_synaptic_ops[-1] / x.shape[0]
+        readout_early = early.stats.layer_synaptic_ops[-1] / x.shape[0]
+        early_alone = {
+            "changed_predictions": int(np.sum(early.predictions != full.predictions)),
+            "readout_ops_per_sample_full": readout_full,
+            "readout_ops_per_sample_early": readout_early,
+            "readout_ops_saved_share": 1.0 - readout_early / readout_full if readout_full else 0.0,
+        }
     return {"baselines": baselines, "modes": records, "early_decision_alone": early_alone}
 
 
