@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+import powersave
 from powersave.cli import main
 from powersave.data import load_mnist10k, save_npz
 
@@ -195,3 +196,26 @@ def test_user_errors_exit_2_with_one_line(
     err = capsys.readouterr().err
     assert err.startswith("powersave: error: ") and message in err
     assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_argument_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--threads", "0"])
+    assert exit_info.value.code == 2
+    assert "positive integer" in capsys.readouterr().err
+    assert main(["demo", "--models", ",", "--out", "/tmp/never-written"]) == 2
+    assert "names no model" in capsys.readouterr().err
+
+
+def test_debug_after_the_subcommand_shows_the_traceback() -> None:
+    with pytest.raises(powersave.NetworkFileError):
+        main(["info", "/nonexistent/net.safetensors", "--debug"])
+
+
+def test_clipped_inputs_are_reported(
+    demo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = load_mnist10k()
+    np.savez(tmp_path / "d.npz", x=data.test.x[:50] * 255, y=data.test.y[:50])
+    assert main(["run", str(demo / "mlp.safetensors"), str(tmp_path / "d.npz")]) == 0
+    assert "exceed the network's input scale" in capsys.readouterr().err

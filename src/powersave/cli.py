@@ -70,6 +70,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from powersave.demo import run_demo
 
     models = tuple(m.strip() for m in args.models.split(",") if m.strip())
+    if not models:
+        raise ValueError("--models names no model; choose from mlp, cnn")
     results = run_demo(
         args.out,
         models=models,
@@ -107,14 +109,18 @@ def cmd_info(args: argparse.Namespace) -> None:
     calibrated = dict(net.metadata.get("modes", {}))
     print(f"  modes: {', '.join(net.modes)}")
     for name in net.modes:
-        if name in calibrated:
-            c = calibrated[name]
-            print(
-                f"    {name:<10} cut-offs {[round(v, 3) for v in c['cutoffs']]}  "
-                f"calibration accuracy {c['calibration_accuracy']:.2%} "
-                f"(loss {c['calibration_accuracy_loss_pp']:.2f} pp), "
-                f"{c['calibration_synaptic_ops_per_sample']:.0f} synaptic ops/sample"
+        plan = net.plan(name)
+        line = f"    {name:<10} cut-offs {[round(v, 3) for v in plan.cutoffs] or 'none'}"
+        line += ", early decision" if plan.early_decision else ""
+        c = calibrated.get(name, {})
+        if isinstance(c, dict) and "calibration_accuracy" in c:
+            line += (
+                f"  calibration accuracy {c['calibration_accuracy']:.2%} "
+                f"(loss {c.get('calibration_accuracy_loss_pp', float('nan')):.2f} pp), "
+                f"{c.get('calibration_synaptic_ops_per_sample', float('nan')):.0f} synaptic ops"
+                "/sample"
             )
+        print(line)
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -131,6 +137,14 @@ def cmd_run(args: argparse.Namespace) -> None:
         f"{s.synaptic_ops / max(s.zero_skip_ops, 1):.1%} of zero-skipping ops); "
         f"spikes/neuron {s.spikes_per_neuron:.3f}; {run.seconds / s.n_samples * 1e3:.3f} ms/sample"
     )
+    clipped = s.saturated[0] / (s.n_samples * s.neurons[0])
+    if clipped > 0.01:
+        print(
+            f"  warning: {clipped:.1%} of input values exceed the network's input scale "
+            f"A={net.graph.input.scale:.4g} and were clipped; were the data scaled as at "
+            "conversion (e.g. pixels in [0, 1], not 0-255)?",
+            file=sys.stderr,
+        )
     if args.out:
         _write_json(
             args.out,
@@ -208,35 +222,54 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(f"wrote {args.nir} (NIR; opens with nir.read; see docs/nir.md for what consumers run)")
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="powersave", description="A power-saving mode for neural networks."
     )
     parser.add_argument("--version", action="version", version=f"powersave {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    # --debug is accepted after the subcommand too; SUPPRESS keeps the top-level value otherwise.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo", help="train, convert, calibrate and report on the bundled sample")
+    p = sub.add_parser(
+        "demo", parents=[common], help="train, convert, calibrate and report on the bundled sample"
+    )
     p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
     p.add_argument("--models", default="mlp,cnn", help="comma-separated: mlp, cnn")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="torch threads for training")
+    p.add_argument("--threads", type=_positive, default=None, help="torch threads for training")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--quick", action="store_true", help="a small, fast run (figures mean little)")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("info", help="summary of a saved network")
+    p = sub.add_parser("info", parents=[common], help="summary of a saved network")
     p.add_argument("network")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("run", help="run a saved network on an .npz (x, y) in one mode")
+    p = sub.add_parser(
+        "run", parents=[common], help="run a saved network on an .npz (x, y) in one mode"
+    )
     p.add_argument("network")
     _data_arguments(p, "test")
     p.add_argument("--mode", default="full")
     p.add_argument("--out", help="write the stats and predictions as JSON")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("calibrate", help="calibrate power-saving modes on held-out .npz data")
+    p = sub.add_parser(
+        "calibrate", parents=[common], help="calibrate power-saving modes on held-out .npz data"
+    )
     p.add_argument("network")
     _data_arguments(p, "calibration")
     p.add_argument("--out", help="network file to write (default: overwrite NETWORK)")
@@ -246,18 +279,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_calibrate)
 
-    p = sub.add_parser("sweep", help="evaluate every mode and a uniform cut-off sweep")
+    p = sub.add_parser(
+        "sweep", parents=[common], help="evaluate every mode and a uniform cut-off sweep"
+    )
     p.add_argument("network")
     _data_arguments(p, "test")
     p.add_argument("--out", help="write the results as JSON")
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("export", help="write a saved network as a NIR graph")
+    p = sub.add_parser("export", parents=[common], help="write a saved network as a NIR graph")
     p.add_argument("network")
     p.add_argument("--nir", required=True, help="output .nir file")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("report", help="plots and report.html from a results.json")
+    p = sub.add_parser("report", parents=[common], help="plots and report.html from a results.json")
     p.add_argument("results")
     p.add_argument("--out", help="output folder (default: beside results.json)")
     p.set_defaults(func=cmd_report)
