@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.13.0
 OUT ?= out/demo
 
-.PHONY: demo test lint install clean
+.PHONY: demo test lint install bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ lint: $(VENV)/.installed
 
 test: lint
 	$(PY) -m pytest
+
+bench: $(VENV)/.installed
+	$(PY) -m benchmarks.engine
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache .mypy_cache .hypothesis

@@ -80,3 +80,16 @@ def test_chunks_add_up_to_the_whole_batch() -> None:
     assert whole.times is not None and chunked.times is not None
     for a, b in zip(whole.times, chunked.times, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_engines_agree_through_network_run() -> None:
+    net = image_net()
+    x = np.random.default_rng(3).random((9, 1, 4, 4)).astype(np.float32)
+    a = net.run(x, engine="numpy")
+    b = net.run(x, engine="compiled")
+    np.testing.assert_array_equal(a.predictions, b.predictions)
+    np.testing.assert_allclose(a.logits, b.logits, rtol=1e-5, atol=1e-5)
+    assert a.stats.synaptic_ops == b.stats.synaptic_ops
+    assert b.stats.engine == "event-compiled"
+    with pytest.raises(ValueError, match="engine must be"):
+        net.run(x, engine="gpu")

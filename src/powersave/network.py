@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
@@ -11,7 +11,13 @@ from typing import Any
 import numpy as np
 
 from powersave.engine.costs import SynapticCost
-from powersave.engine.event import graph_costs, run_chunked, zero_skip_ops
+from powersave.engine.event import (
+    EventResult,
+    graph_costs,
+    run_chunked,
+    run_events,
+    zero_skip_ops,
+)
 from powersave.engine.stats import RunStats
 from powersave.graph.graph import Graph
 from powersave.inputs import check_batch
@@ -19,6 +25,21 @@ from powersave.plan import FULL, Plan
 
 #: Samples processed at once: bounds memory on large inputs, and small chunks run faster.
 DEFAULT_CHUNK = 128
+
+
+def _engine(name: str) -> Callable[..., EventResult]:
+    """The run function of an engine name."""
+    if name == "numpy":
+        return run_events
+    if name in ("auto", "compiled"):
+        try:
+            from powersave.engine.compiled import run_compiled
+        except ImportError:
+            if name == "compiled":
+                raise ImportError("engine='compiled' needs numba: pip install numba") from None
+            return run_events
+        return run_compiled
+    raise ValueError(f"engine must be 'auto', 'compiled' or 'numpy', got {name!r}")
 
 
 @dataclass(frozen=True)
@@ -104,6 +125,7 @@ class Network:
         record_spikes: bool = False,
         chunk_size: int = DEFAULT_CHUNK,
         baselines: bool = True,
+        engine: str = "auto",
     ) -> Run:
         """Run a batch spike by spike.
 
@@ -114,6 +136,9 @@ class Network:
             chunk_size: samples processed at once.
             baselines: also count the zero-skipping baseline (one dense pass of the ReLU
                 network; ``stats.zero_skip_ops`` is 0 without it).
+            engine: ``"compiled"`` (numba kernels, a planner choosing event or dense kernels per
+                layer), ``"numpy"`` (the readable event engine) or ``"auto"`` (compiled when numba
+                is installed). Both give the same spikes, counts and predictions.
         """
         plan = self.plan(mode)
         batch = self.check_inputs(x)
@@ -126,6 +151,7 @@ class Network:
             costs=self.costs,
             record_spikes=record_spikes,
             baselines=False,
+            runner=_engine(engine),
         )
         seconds = time.perf_counter() - start  # the spiking path only, never the baseline
         stats = result.stats

@@ -13,6 +13,7 @@ This is the readable path: vectorised over the batch, no compiled kernels.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -199,8 +200,9 @@ def run_chunked(
     costs: tuple[SynapticCost, ...] | None = None,
     record_spikes: bool = False,
     baselines: bool = True,
+    runner: Callable[..., EventResult] | None = None,
 ) -> EventResult:
-    """:func:`run_events` over chunks of ``chunk_size`` samples, results joined.
+    """``runner`` (default :func:`run_events`) over chunks of ``chunk_size`` samples, joined.
 
     Small chunks keep the temporaries (im2col columns above all) in cache: on the bundled CNN,
     chunks of 100 run three times faster than one batch of 2000, and memory stays bounded.
@@ -208,8 +210,9 @@ def run_chunked(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     costs = graph_costs(graph) if costs is None else costs
+    runner = run_events if runner is None else runner
     parts = [
-        run_events(
+        runner(
             graph,
             x[i : i + chunk_size],
             plan,

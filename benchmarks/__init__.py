@@ -1,0 +1,1 @@
+"""Benchmarks: measurements, not tests. Run ``python -m benchmarks.engine``."""

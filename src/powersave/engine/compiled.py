@@ -1,0 +1,465 @@
+"""The compiled event engine: numba kernels, planned per layer, same answers as ``run_events``.
+
+:func:`run_compiled` takes the arguments of :func:`powersave.engine.event.run_events` and
+returns the same :class:`~powersave.engine.event.EventResult`: the same spikes (times up to
+float32 rounding of the potentials), the same counts, the same predictions, logits equal to
+float32 tolerance. It differs in how the work is done:
+
+- the graph is compiled once into a :class:`Program` (a step table and flat weight buffers laid
+  out for scattering, see :mod:`powersave.engine.kernels`), cached per graph;
+- only the spikes that are sent cost anything: a silent neuron is skipped, not multiplied by 0;
+- small batches run the whole network in one numba call, event-driven; larger batches run layer
+  by layer and the :mod:`~powersave.engine.planner` picks, per layer, the event kernel or a dense
+  BLAS kernel from the fraction of the layer's inputs that fire in this batch. The choice is in
+  ``stats.kernels``; the counts are the event counts whichever kernel ran.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, field
+
+import numba
+import numpy as np
+
+from powersave.coding import decode, encode
+from powersave.engine import dense as dense_pass
+from powersave.engine import kernels as k
+from powersave.engine import ops as numpy_ops
+from powersave.engine.costs import SynapticCost
+from powersave.engine.event import EventResult, _count, _cut, _saturated, graph_costs
+from powersave.engine.planner import DEFAULT_COSTS, DENSE, EVENT, CostModel
+from powersave.engine.stats import RunStats
+from powersave.graph.graph import Graph
+from powersave.graph.nodes import SYNAPTIC_TYPES, AvgPool, Conv, Dense, Flatten, Input, MaxPool
+from powersave.plan import FULL, Plan
+
+ENGINE_NAME = "event-compiled"
+
+#: Smallest batch split over threads: below it, handing blocks to threads costs more than it saves.
+PARALLEL_MIN_BATCH = 8
+
+
+@dataclass(frozen=True)
+class Program:
+    """A graph flattened for the kernels; built once per graph by :func:`program`.
+
+    Attributes:
+        steps: ``(S, kernels.N_COLUMNS)`` int64, one row per node (see :mod:`kernels`).
+        weights: float32, every layer's weights (scatter layout) and biases, end to end.
+        fanout: int64, every layer's fan-out map, flattened in C order, end to end.
+        total_pos: ``(C + 1, C)`` float64: rows ``l < C`` are ``sum_i max(0, w_ir - w_il)`` of a
+            Dense readout, row ``C`` is ``sum_i |w_ic|``.
+        rec_offsets: ``(P,)`` column of each population in a recording buffer of ``rec_size``.
+        max_size: the largest population or potential buffer a sample needs.
+        shapes: per step, the per-sample shape it produces.
+        kinds: per synaptic layer, ``"dense"``, ``"conv"`` or ``"avgpool"``.
+        costs: the static costs of each synaptic layer.
+        populations, population_shapes, scales: name, shape and scale of each population.
+        layers: names of the synaptic layers.
+        readout: index of the readout step; ``dense_readout``: whether it is Dense.
+        neurons, dense_macs, neuron_updates: per-sample constants of the run's stats.
+    """
+
+    steps: np.ndarray
+    weights: np.ndarray
+    fanout: np.ndarray
+    total_pos: np.ndarray
+    rec_offsets: np.ndarray
+    rec_size: int
+    max_size: int
+    shapes: tuple[tuple[int, ...], ...]
+    kinds: tuple[str, ...]
+    costs: tuple[SynapticCost, ...]
+    populations: tuple[str, ...]
+    population_shapes: tuple[tuple[int, ...], ...]
+    scales: tuple[float, ...]
+    layers: tuple[str, ...]
+    readout: int
+    dense_readout: bool
+    neurons: tuple[int, ...]
+    dense_macs: tuple[int, ...]
+    neuron_updates: int
+    _plans: dict[Plan, tuple[np.ndarray, np.ndarray]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+
+    @property
+    def n_classes(self) -> int:
+        return int(self.steps[self.readout, k.OUT_SIZE])
+
+    @property
+    def n_counts(self) -> int:
+        """Columns of the counters: operations per layer, spikes and saturated per population,
+        and the readout's operations without the early decision."""
+        return len(self.layers) + 2 * len(self.populations) + 1
+
+    def population_table(self, plan: Plan) -> tuple[np.ndarray, np.ndarray]:
+        """``(P, 4)`` float32 scale, window end, saturation and cut-off times; ``(P,)`` scales.
+
+        float32 as numpy rounds a Python scalar against a float32 array (NEP 50), so the
+        kernels' comparisons are the numpy engine's.
+        """
+        table = self._plans.get(plan)
+        if table is None:
+            popf = np.empty((len(self.populations), 4), np.float32)
+            popd = np.empty(len(self.populations), np.float64)
+            for p, scale in enumerate(self.scales):
+                c = plan.cutoff(p)
+                popf[p] = (scale, p + 1.0, scale * (1 + 1e-5), p + c if c < 1.0 else np.inf)
+                popd[p] = scale
+            table = self._plans[plan] = (popf, popd)
+        return table
+
+
+_PROGRAMS: dict[int, tuple[weakref.ref[Graph], Program]] = {}
+
+
+def program(graph: Graph, costs: tuple[SynapticCost, ...] | None = None) -> Program:
+    """The compiled form of ``graph``, built on first use and cached while the graph lives."""
+    key = id(graph)
+    cached = _PROGRAMS.get(key)
+    if cached is not None and cached[0]() is graph:
+        return cached[1]
+    prog = _build(graph, graph_costs(graph) if costs is None else costs)
+    _PROGRAMS[key] = (weakref.ref(graph, lambda _: _PROGRAMS.pop(key, None)), prog)
+    return prog
+
+
+def _build(graph: Graph, costs: tuple[SynapticCost, ...]) -> Program:
+    steps = []
+    weights: list[np.ndarray] = []
+    fanouts: list[np.ndarray] = []
+    w_size = 0
+    f_size = 0
+    kinds = []
+    layer = 0
+    pop = 0
+    readout = graph.readout_index
+    total_pos = np.zeros((1, 1))
+    for i, node in enumerate(graph.nodes):
+        row = np.zeros(k.N_COLUMNS, np.int64)
+        out_shape = graph.shapes[i]
+        in_shape = graph.shapes[i - 1] if i else tuple(node.shape)  # type: ignore[union-attr]
+        row[k.IN_SIZE] = int(np.prod(in_shape))
+        row[k.OUT_SIZE] = int(np.prod(out_shape))
+        row[k.POP_OUT] = -1
+        if len(in_shape) == 3:
+            row[k.C_IN], row[k.H_IN], row[k.W_IN] = in_shape
+        if len(out_shape) == 3:
+            row[k.C_OUT], row[k.H_OUT], row[k.W_OUT] = out_shape
+        if isinstance(node, Input):
+            row[k.KIND] = k.K_INPUT
+            row[k.FLAG] = int(node.signed)
+            row[k.POP_OUT] = 0
+        elif isinstance(node, Flatten):
+            row[k.KIND] = k.K_FLATTEN
+        elif isinstance(node, MaxPool | AvgPool):
+            row[k.KIND] = k.K_MAXPOOL if isinstance(node, MaxPool) else k.K_AVGPOOL
+            row[k.KH], row[k.KW] = node.kernel
+            row[k.SH], row[k.SW] = node.stride  # type: ignore[misc]
+            row[k.PH], row[k.PW] = node.padding
+        elif isinstance(node, Dense):
+            row[k.KIND] = k.K_DENSE
+            # W^T (in, out): the outgoing weights of input neuron i are one contiguous row.
+            w = np.ascontiguousarray(node.weight.T)
+            row[k.W_OFF], row[k.B_OFF] = w_size, w_size + w.size
+            weights += [w.ravel(), node.bias]
+            w_size += w.size + node.bias.size
+            if i == readout:
+                w64 = node.weight.T.astype(np.float64)
+                # The same expressions as event._early_decision, so the bound is bit-identical.
+                # Row C holds sum_i |w_ic|, the magnitude that sizes the rounding tolerance.
+                total_pos = np.vstack(
+                    [
+                        np.maximum(w64[:, None, :] - w64[:, :, None], 0.0).sum(axis=0),
+                        np.abs(w64).sum(axis=0)[None, :],
+                    ]
+                )
+        elif isinstance(node, Conv):
+            row[k.KIND] = k.K_CONV
+            row[k.KH], row[k.KW] = node.kernel
+            row[k.SH], row[k.SW] = node.stride
+            row[k.PH], row[k.PW] = node.padding
+            # (O, C, kh, kw) → (C, kh, kw, O), taps flipped: a tap of an input pixel feeds O
+            # contiguous weights, and a kernel row feeds consecutive outputs (kernels._conv).
+            w = np.ascontiguousarray(node.weight[:, :, ::-1, ::-1].transpose(1, 2, 3, 0))
+            row[k.W_OFF], row[k.B_OFF] = w_size, w_size + w.size
+            weights += [w.ravel(), node.bias]
+            w_size += w.size + node.bias.size
+        if isinstance(node, SYNAPTIC_TYPES):
+            kinds.append(node.kind)
+            row[k.LAYER] = layer
+            row[k.POP_IN] = pop
+            row[k.F_OFF] = f_size
+            fan = np.ascontiguousarray(costs[layer].fanout, dtype=np.int64).ravel()
+            fanouts.append(fan)
+            f_size += fan.size
+            layer += 1
+            if i != readout:
+                pop += 1
+                row[k.POP_OUT] = pop
+        steps.append(row)
+    populations = graph.populations
+    sizes = [p.size for p in populations]
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    table = np.stack(steps)
+    max_size = int(max(table[:, k.IN_SIZE].max(), table[:, k.OUT_SIZE].max()))
+    return Program(
+        steps=table,
+        weights=np.concatenate(weights).astype(np.float32) if weights else np.zeros(1, "f4"),
+        fanout=np.concatenate(fanouts),
+        total_pos=np.ascontiguousarray(total_pos),
+        rec_offsets=offsets,
+        rec_size=int(sum(sizes)),
+        max_size=max_size,
+        shapes=tuple(tuple(s) for s in graph.shapes),
+        kinds=tuple(kinds),
+        costs=costs,
+        populations=tuple(p.source for p in populations),
+        population_shapes=tuple(tuple(p.shape) for p in populations),
+        layers=tuple(n.name for n in graph.nodes if isinstance(n, SYNAPTIC_TYPES)),
+        scales=tuple(p.scale for p in populations),
+        readout=readout,
+        dense_readout=isinstance(graph.readout, Dense),
+        neurons=tuple(sizes),
+        dense_macs=tuple(cost.dense_macs for cost in costs),
+        neuron_updates=sum(cost.neurons for cost in costs),
+    )
+
+
+def _check_plan(prog: Program, plan: Plan) -> None:
+    if plan.cutoffs and len(plan.cutoffs) != len(prog.populations):
+        raise ValueError(
+            f"plan {plan.name!r} has {len(plan.cutoffs)} cut-offs, the network has "
+            f"{len(prog.populations)} spiking populations"
+        )
+    if plan.early_decision and not prog.dense_readout:
+        raise ValueError(
+            f"early decision needs a Dense readout; {prog.layers[-1]!r} is a convolution"
+        )
+
+
+def run_compiled(
+    graph: Graph,
+    x: np.ndarray,
+    plan: Plan = FULL,
+    *,
+    costs: tuple[SynapticCost, ...] | None = None,
+    record_spikes: bool = False,
+    baselines: bool = True,
+    kernels: str = "auto",
+    cost_model: CostModel = DEFAULT_COSTS,
+) -> EventResult:
+    """Run a validated batch ``x`` ``(N, *graph.input.shape)`` with the compiled kernels.
+
+    Same arguments and result as :func:`powersave.engine.event.run_events`, plus:
+
+    Args:
+        kernels: ``"auto"`` lets the planner choose per layer from the batch's activity;
+            ``"event"`` forces the event kernels everywhere (one fused call);
+            ``"dense"`` forces the dense BLAS kernels wherever one exists (a readout with an
+            early decision is always event-driven: it stops mid-window).
+        cost_model: the planner's time estimates (see :mod:`powersave.engine.planner`).
+
+    Threads: batches of at least :data:`PARALLEL_MIN_BATCH` samples are split over
+    ``numba.get_num_threads()`` threads (set it with ``numba.set_num_threads``); the dense
+    kernels use the BLAS threads (threadpoolctl).
+    """
+    if kernels not in ("auto", EVENT, DENSE):
+        raise ValueError(f"kernels must be 'auto', 'event' or 'dense', got {kernels!r}")
+    prog = program(graph, costs)
+    _check_plan(prog, plan)
+    n = x.shape[0]
+    src = np.ascontiguousarray(x, dtype=np.float32).reshape(n, -1)
+    popf, popd = prog.population_table(plan)
+    b = _Buffers(
+        logits=np.empty((n, prog.n_classes)),
+        decided=np.full(n, float(len(prog.populations))),
+        rec=np.empty((n, prog.rec_size) if record_spikes else (1, 1), np.float32),
+        counts=np.zeros((n, prog.n_counts), np.int64),
+    )
+    threads = numba.get_num_threads() if n >= PARALLEL_MIN_BATCH else 1
+    if kernels == EVENT or (kernels == "auto" and n < cost_model.min_batch):
+        chosen: tuple[str, ...] = (EVENT,) * len(prog.layers)
+        _steps(prog, plan, src, 0, len(prog.steps), popf, popd, b, record_spikes, threads)
+    else:
+        chosen = _layered(
+            graph, prog, plan, src, popf, popd, b, record_spikes, threads, kernels, cost_model
+        )
+    result = _result(graph, prog, plan, x, b, chosen, record_spikes, baselines)
+    if plan.early_decision:
+        # A sample the early decision never certified takes the answer of full processing by
+        # this engine's own arithmetic, so that even exact ties break the way `full` breaks them
+        # (the decision loop sums in time order, in float64).
+        undecided = np.flatnonzero(result.decision_times >= graph.n_windows)
+        if undecided.size:
+            again = run_compiled(
+                graph,
+                x[undecided],
+                Plan(cutoffs=plan.cutoffs),
+                costs=costs,
+                baselines=False,
+                kernels=kernels,
+                cost_model=cost_model,
+            )
+            result.logits[undecided] = again.logits
+    return result
+
+
+@dataclass
+class _Buffers:
+    logits: np.ndarray  # (N, classes) float64
+    decided: np.ndarray  # (N,) decision times
+    rec: np.ndarray  # (N, sum of population sizes) spike times before cut-offs, or (1, 1)
+    counts: np.ndarray  # (N, Program.n_counts) int64
+
+
+_NO_OUT = np.empty((1, 1), np.float32)
+
+
+def _steps(
+    prog: Program,
+    plan: Plan,
+    src: np.ndarray,
+    start: int,
+    stop: int,
+    popf: np.ndarray,
+    popd: np.ndarray,
+    b: _Buffers,
+    record: bool,
+    threads: int,
+    out: np.ndarray = _NO_OUT,
+) -> None:
+    k.run_steps(
+        src, start, stop, prog.steps, prog.weights, prog.fanout, popf, popd, prog.rec_offsets,
+        prog.total_pos, plan.early_decision, plan.margin, prog.max_size, out, b.logits,
+        b.decided, b.rec, record, b.counts, len(prog.layers), len(prog.populations), threads,
+    )  # fmt: skip
+
+
+def _layered(
+    graph: Graph,
+    prog: Program,
+    plan: Plan,
+    src: np.ndarray,
+    popf: np.ndarray,
+    popd: np.ndarray,
+    b: _Buffers,
+    record: bool,
+    threads: int,
+    kernels: str,
+    cost_model: CostModel,
+) -> tuple[str, ...]:
+    """Layer by layer, each synaptic layer on the kernel the planner picks for this batch."""
+    n = src.shape[0]
+    n_layers, n_pops = len(prog.layers), len(prog.populations)
+    readout = prog.readout
+    chosen: list[str] = []
+    cur = np.empty((n, int(prog.steps[0, k.OUT_SIZE])), np.float32)
+    _steps(prog, plan, src, 0, 1, popf, popd, b, record, threads, cur)  # the input population
+    for st in range(1, readout + 1):
+        row = prog.steps[st]
+        kind = row[k.KIND]
+        if kind == k.K_FLATTEN:
+            continue
+        if kind == k.K_MAXPOOL:
+            nxt = np.empty((n, int(row[k.OUT_SIZE])), np.float32)
+            _steps(prog, plan, cur, st, st + 1, popf, popd, b, record, threads, nxt)
+            cur = nxt
+            continue
+        layer = int(row[k.LAYER])
+        fired = np.isfinite(cur)
+        choice = kernels
+        if st == readout and plan.early_decision:
+            choice = EVENT  # the early decision stops mid-window: only the event kernel can
+        elif kernels == "auto":
+            active = float(np.count_nonzero(fired)) / fired.size
+            choice = cost_model.choose(
+                prog.kinds[layer],
+                cur.shape[1],
+                int(row[k.OUT_SIZE]),
+                prog.dense_macs[layer],
+                active,
+                n,
+            )
+        chosen.append(choice)
+        if choice == EVENT:
+            nxt = np.empty((n, int(row[k.OUT_SIZE])), np.float32)
+            _steps(prog, plan, cur, st, st + 1, popf, popd, b, record, threads, nxt)
+            cur = nxt
+            continue
+        # The dense kernel: the numpy engine's own arithmetic (decode, BLAS, encode, cut).
+        p_in = int(row[k.POP_IN])
+        a = decode(cur.reshape(n, *prog.shapes[st - 1]), prog.scales[p_in], p_in)
+        fan = prog.costs[layer].fanout.reshape(-1).astype(np.float64)
+        b.counts[:, layer] = fired.astype(np.float64) @ fan  # integers, exact below 2^53
+        z = numpy_ops.synaptic(a.astype(np.float32), graph.nodes[st])  # type: ignore[arg-type]
+        if st == readout:
+            b.logits[:] = z.reshape(n, -1)
+            break
+        p = int(row[k.POP_OUT])
+        scale = prog.scales[p]
+        b.counts[0, n_layers + n_pops + p] += _saturated(z, scale)
+        fired_times = encode(z, scale, p)
+        times = _cut(fired_times, p, plan)
+        b.counts[0, n_layers + p] += int(np.count_nonzero(np.isfinite(times)))
+        if record:
+            off = int(prog.rec_offsets[p])
+            b.rec[:, off : off + prog.neurons[p]] = fired_times.reshape(n, -1)
+        cur = np.ascontiguousarray(times, dtype=np.float32).reshape(n, -1)
+    return tuple(chosen)
+
+
+def _result(
+    graph: Graph,
+    prog: Program,
+    plan: Plan,
+    x: np.ndarray,
+    b: _Buffers,
+    chosen: tuple[str, ...],
+    record: bool,
+    baselines: bool,
+) -> EventResult:
+    n = x.shape[0]
+    n_layers, n_pops = len(prog.layers), len(prog.populations)
+    totals = (b.counts[0] if n == 1 else b.counts.sum(axis=0)).tolist()
+    ops = totals[:n_layers]
+    saved = totals[-1] - ops[-1] if plan.early_decision else 0
+    zero_skip = [0] * n_layers
+    if baselines:
+        zero_skip = [
+            _count(inp != 0, cost.fanout)
+            for inp, cost in zip(dense_pass.forward(graph, x).layer_inputs, prog.costs, strict=True)
+        ]
+    stats = RunStats(
+        n_samples=n,
+        populations=prog.populations,
+        neurons=prog.neurons,
+        spikes=tuple(totals[n_layers : n_layers + n_pops]),
+        saturated=tuple(totals[n_layers + n_pops : n_layers + 2 * n_pops]),
+        layers=prog.layers,
+        layer_synaptic_ops=tuple(ops),
+        layer_dense_macs=tuple(n * m for m in prog.dense_macs),
+        layer_zero_skip_ops=tuple(zero_skip),
+        neuron_updates=n * prog.neuron_updates,
+        readout_ops_saved=saved,
+        engine=ENGINE_NAME,
+        kernels=chosen,
+    )
+    fired = times = None
+    if record:
+        fired = tuple(
+            b.rec[:, off : off + size].reshape(n, *shape)
+            for off, size, shape in zip(
+                prog.rec_offsets.tolist(), prog.neurons, prog.population_shapes, strict=True
+            )
+        )
+        times = tuple(_cut(t, p, plan) for p, t in enumerate(fired))
+    return EventResult(
+        logits=b.logits.astype(np.float32),
+        stats=stats,
+        times=times,
+        decision_times=b.decided,
+        fired=fired,
+    )

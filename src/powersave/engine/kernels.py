@@ -1,0 +1,546 @@
+"""Numba kernels of the compiled event engine: one sample through a run of steps, spike by spike.
+
+A graph is flattened by :mod:`powersave.engine.compiled` into a *step table* (one int64 row per
+node) and flat buffers (weights, fan-outs); :func:`run_steps` interprets the table for every
+sample of a batch. One interpreter instead of one kernel per layer type keeps the number of
+compiled signatures at one, so the JIT compiles once (and caches to disk), and a whole network
+is one call from Python: at batch 1 the call overhead, not the arithmetic, is the cost to beat.
+The kernel releases the GIL; a batch is split into blocks run by Python threads.
+
+Layouts. Populations are kept as flat C-order arrays of the node shapes (``(C, H, W)`` images
+flattened), the same numbering as the numpy engine, so spike times, fan-outs and the early
+decision's tie-breaking agree with it index for index. Weights are laid out for scattering: the
+row of a firing input neuron is contiguous.
+
+- Dense ``(out, in)`` is stored as ``W^T`` ``(in, out)``: a spike adds ``a * W^T[i]`` to all
+  outputs, a contiguous saxpy.
+- Conv ``(O, C, kh, kw)`` is stored as ``(C, kh, kw, O)`` and the potentials are accumulated in
+  ``(Ho, Wo, O)``: a spike of input ``(c, y, x)`` adds, for each tap that reaches an output, the
+  contiguous ``O``-vector ``a * W[c, ky, kx, :]`` at ``(oy, ox, :)``; the result is transposed
+  back to ``(O, Ho, Wo)`` once per layer.
+
+Arithmetic matches :mod:`powersave.coding` operation for operation in float32 (encode, decode,
+cut-off and saturation thresholds are float32 numbers, as numpy computes them with Python
+scalars), and the certified early decision repeats :func:`powersave.engine.event._early_decision`
+in float64 in the same order, so both engines take the same decision at the same spike. Only the
+potentials' summation order differs (scatter here, BLAS there): float32 rounding.
+"""
+
+from __future__ import annotations
+
+import functools
+from concurrent.futures import ThreadPoolExecutor
+
+import numba
+import numpy as np
+
+# -- the step table ------------------------------------------------------------------------------
+
+# Columns of a step row.
+KIND, IN_SIZE, OUT_SIZE, C_IN, H_IN, W_IN, C_OUT, H_OUT, W_OUT, KH, KW, SH, SW, PH, PW = range(15)
+W_OFF, B_OFF, F_OFF, POP_IN, POP_OUT, LAYER, FLAG = range(15, 22)
+N_COLUMNS = 22
+
+# Step kinds.
+K_INPUT, K_DENSE, K_CONV, K_AVGPOOL, K_MAXPOOL, K_FLATTEN = range(6)
+
+# Columns of the per-population float32 table: scale A, window end ℓ + 1, saturation threshold
+# A·(1 + 1e-5), cut-off time ℓ + c (+inf without a cut-off).
+P_SCALE, P_END, P_SAT, P_CUT = range(4)
+
+
+def _jit(**options):  # type: ignore[no-untyped-def]
+    """``numba.njit`` with an on-disk cache where one can be written, without one otherwise.
+
+    Numba refuses ``cache=True`` at decoration time when neither the package's ``__pycache__``
+    nor a user cache directory is writable (a read-only install): compile per process then.
+    """
+
+    def wrap(fn):  # type: ignore[no-untyped-def]
+        try:
+            return numba.njit(cache=True, **options)(fn)
+        except RuntimeError:
+            return numba.njit(cache=False, **options)(fn)
+
+    return wrap
+
+
+# -- per-sample pieces ---------------------------------------------------------------------------
+
+
+@_jit()
+def _encode(z, size, p, popf, nxt, rec, s, rec_off, record, sign):  # type: ignore[no-untyped-def]
+    """Encode potentials ``sign * z[:size]`` of population ``p`` into ``nxt`` (cut applied).
+
+    Same float32 operations as ``coding.encode`` and the numpy engine's cut-off and saturation
+    test; a negative ``sign`` gives the OFF channels of a signed input (``relu(-x)``).
+    Spike times before the cut are written to ``rec[s, rec_off:]`` when ``record``. Returns the
+    spikes sent and the neurons saturated. Branch-free, so that it vectorises. (One call per
+    layer, not per neuron: numba reference-counts array arguments with atomic operations at
+    every call it does not inline, which costs more than the encoding.)
+    """
+    scale = popf[p, P_SCALE]
+    end = popf[p, P_END]
+    threshold = popf[p, P_SAT]
+    cut = popf[p, P_CUT]
+    never = np.float32(np.inf)
+    flip = np.float32(sign)
+    sent = 0
+    saturated = 0
+    for j in range(size):
+        v = flip * z[j]
+        t = end - min(v, scale) / scale
+        pre = t if (v > 0) & (t < end) else never
+        post = pre if pre <= cut else never
+        nxt[j] = post
+        sent += post < never
+        saturated += v > threshold
+    if record:
+        for j in range(size):
+            v = flip * z[j]
+            t = end - min(v, scale) / scale
+            rec[s, rec_off + j] = t if (v > 0) & (t < end) else never
+    return sent, saturated
+
+
+@_jit()
+def _gather(cur, size, scale, end, fanout, f_off, idx, val):  # type: ignore[no-untyped-def]
+    """Fired inputs of a population: indices, decoded intensities; returns (count, operations).
+
+    Branch-free (write always, advance only on a spike): which inputs fire is data, and a
+    mispredicted branch per input costs more than the write.
+    """
+    nf = 0
+    ops = 0
+    fan = fanout[f_off : f_off + size]
+    for i in range(size):
+        t = cur[i]
+        fired = t < np.inf
+        idx[nf] = i
+        val[nf] = scale * (end - t)
+        ops += fan[i] if fired else 0
+        nf += fired
+    return nf, ops
+
+
+@_jit()
+def _dense(row, weights, nf, idx, val, z):  # type: ignore[no-untyped-def]
+    """``z = b + sum_k val[k] * W^T[idx[k]]``: one contiguous saxpy per spike.
+
+    Four spikes at a time: ``z`` is read and written once per four weight rows, which is what
+    bounds a scattered multiply-add (the weight rows stream, ``z`` stays in L1).
+    """
+    out = row[OUT_SIZE]
+    w_off = row[W_OFF]
+    b_off = row[B_OFF]
+    bias = weights[b_off : b_off + out]
+    for j in range(out):
+        z[j] = bias[j]
+    k = 0
+    while k + 4 <= nf:
+        v0, v1, v2, v3 = val[k], val[k + 1], val[k + 2], val[k + 3]
+        r0 = w_off + idx[k] * out
+        r1 = w_off + idx[k + 1] * out
+        r2 = w_off + idx[k + 2] * out
+        r3 = w_off + idx[k + 3] * out
+        w0 = weights[r0 : r0 + out]
+        w1 = weights[r1 : r1 + out]
+        w2 = weights[r2 : r2 + out]
+        w3 = weights[r3 : r3 + out]
+        for j in range(out):
+            z[j] += (v0 * w0[j] + v1 * w1[j]) + (v2 * w2[j] + v3 * w3[j])
+        k += 4
+    while k < nf:
+        v = val[k]
+        r = w_off + idx[k] * out
+        w = weights[r : r + out]
+        for j in range(out):
+            z[j] += v * w[j]
+        k += 1
+
+
+@_jit()
+def _conv(row, weights, nf, idx, val, acc, z):  # type: ignore[no-untyped-def]
+    """Scatter each spike through the taps that reach an output; ``acc`` is ``(Ho, Wo, O)``.
+
+    The weights are stored flipped, ``(C, kh, kw, O)`` with ``[c, a, b] = W[:, c, kh-1-a,
+    kw-1-b]``: a spike at ``(y, x)`` reaches output ``(y + ph - kh + 1 + a, x + pw - kw + 1 +
+    b)`` through tap ``(a, b)``, so with a horizontal stride of 1 one kernel row's taps land on
+    consecutive outputs and the update is one contiguous saxpy of ``taps × O`` numbers.
+    """
+    h, w, n_out = row[H_IN], row[W_IN], row[C_OUT]
+    ho, wo, kh, kw = row[H_OUT], row[W_OUT], row[KH], row[KW]
+    sh, sw, ph, pw = row[SH], row[SW], row[PH], row[PW]
+    w_off, b_off = row[W_OFF], row[B_OFF]
+    bias = weights[b_off : b_off + n_out]
+    for p in range(ho * wo):
+        for o in range(n_out):
+            acc[p * n_out + o] = bias[o]
+    hw = h * w
+    for k in range(nf):
+        i = idx[k]
+        c = i // hw
+        y = (i - c * hw) // w
+        x = i - c * hw - y * w
+        v = val[k]
+        y0 = y + ph - kh + 1  # output row (times sh) reached through tap row a = 0
+        x0 = x + pw - kw + 1
+        for a in range(kh):
+            ny = y0 + a
+            if ny < 0 or ny % sh != 0:
+                continue
+            oy = ny // sh
+            if oy >= ho:
+                break
+            w_row = w_off + (c * kh + a) * kw * n_out
+            if sw == 1:
+                b_lo = max(0, -x0)
+                b_hi = min(kw, wo - x0)  # exclusive
+                if b_lo >= b_hi:
+                    continue
+                length = (b_hi - b_lo) * n_out
+                dst = (oy * wo + x0 + b_lo) * n_out
+                src = w_row + b_lo * n_out
+                seg = acc[dst : dst + length]
+                wseg = weights[src : src + length]
+                for j in range(length):
+                    seg[j] += v * wseg[j]
+            else:
+                for b in range(kw):
+                    nx = x0 + b
+                    if nx < 0 or nx % sw != 0:
+                        continue
+                    ox = nx // sw
+                    if ox >= wo:
+                        break
+                    seg = acc[(oy * wo + ox) * n_out : (oy * wo + ox + 1) * n_out]
+                    wseg = weights[w_row + b * n_out : w_row + (b + 1) * n_out]
+                    for o in range(n_out):
+                        seg[o] += v * wseg[o]
+    for o in range(n_out):  # (Ho, Wo, O) → (O, Ho, Wo)
+        for p in range(ho * wo):
+            z[o * ho * wo + p] = acc[p * n_out + o]
+
+
+@_jit()
+def _avgpool(row, nf, idx, val, z):  # type: ignore[no-untyped-def]
+    """Each spike adds its intensity to every pool that contains it; then divide by kh·kw."""
+    h, w, n_c = row[H_IN], row[W_IN], row[C_IN]
+    ho, wo, kh, kw = row[H_OUT], row[W_OUT], row[KH], row[KW]
+    sh, sw, ph, pw = row[SH], row[SW], row[PH], row[PW]
+    for j in range(n_c * ho * wo):
+        z[j] = 0.0
+    hw = h * w
+    for k in range(nf):
+        i = idx[k]
+        c = i // hw
+        y = (i - c * hw) // w
+        x = i - c * hw - y * w
+        v = val[k]
+        for ky in range(kh):
+            ny = y + ph - ky
+            if ny < 0:
+                break
+            if ny % sh != 0 or ny // sh >= ho:
+                continue
+            oy = ny // sh
+            for kx in range(kw):
+                nx = x + pw - kx
+                if nx < 0:
+                    break
+                if nx % sw != 0 or nx // sw >= wo:
+                    continue
+                z[(c * ho + oy) * wo + nx // sw] += v
+    area = np.float32(kh * kw)
+    for j in range(n_c * ho * wo):
+        z[j] = z[j] / area
+
+
+@_jit()
+def _minpool(row, cur, nxt):  # type: ignore[no-untyped-def]
+    """Max pooling in the time code: the first spike of each pool wins; padding never fires."""
+    h, w, n_c = row[H_IN], row[W_IN], row[C_IN]
+    ho, wo, kh, kw = row[H_OUT], row[W_OUT], row[KH], row[KW]
+    sh, sw, ph, pw = row[SH], row[SW], row[PH], row[PW]
+    for c in range(n_c):
+        for oy in range(ho):
+            for ox in range(wo):
+                m = np.float32(np.inf)
+                for ky in range(kh):
+                    y = oy * sh - ph + ky
+                    if y < 0 or y >= h:
+                        continue
+                    for kx in range(kw):
+                        x = ox * sw - pw + kx
+                        if 0 <= x < w:
+                            m = min(m, cur[(c * h + y) * w + x])
+                nxt[(c * ho + oy) * wo + ox] = m
+
+
+@_jit()
+def _leader_row(weights, w_off, n_cls, idx, order, k, leader, row_out):  # type: ignore[no-untyped-def]
+    """``sum_{m < k} max(0, w_r - w_leader)`` over the first ``k`` arrivals, in arrival order."""
+    for r in range(n_cls):
+        row_out[r] = 0.0
+    for m in range(k):
+        base = w_off + idx[order[m]] * n_cls
+        w_l = np.float64(weights[base + leader])
+        for r in range(n_cls):
+            row_out[r] += max(np.float64(weights[base + r]) - w_l, 0.0)
+
+
+@_jit()
+def _early(row, weights, fanout, cur, nf, idx, val, scale64, window, margin, total_pos, pot):  # type: ignore[no-untyped-def]
+    """Certified early decision of a Dense readout, as ``event._early_decision`` for one sample.
+
+    Inputs arrive in time order (a stable sort: ties by index). After ``k`` of them, with leader
+    ``l`` and ``a_now`` the last intensity (``A`` before the first), stop when for every rival
+    ``r``: ``lead_r > (1 - margin) * a_now * sum_unarrived max(0, w_ir - w_il) + tolerance``.
+
+    The numpy engine keeps ``sum_arrived max(0, w_ir - w_il)`` for every leader ``l``; only the
+    current leader's row is ever read, so this keeps that one row, summed in the same order, and
+    rebuilds it when the lead changes hands (rarely): the same numbers, C times less work.
+
+    Writes the potentials at the decision into ``pot`` (float64); returns (operations used,
+    decision time).
+    """
+    n_cls = row[OUT_SIZE]
+    w_off, b_off = row[W_OFF], row[B_OFF]
+    fan = fanout[row[F_OFF] :]
+    # Float32 rounding bound of the full pass, as in event._early_decision: (H + 1) * 2**-23
+    # times |b| + sum_arrived |w| a + a_now * sum_unarrived |w|, for the leader and the rival.
+    rounding = (row[IN_SIZE] + 1) * 2.0**-23
+    abs_wa = np.zeros(n_cls)  # sum over arrived inputs of |w_ic| * a_i
+    abs_w = np.zeros(n_cls)  # sum over arrived inputs of |w_ic|
+    # Arrival order: by time, ties by index (numpy's stable argsort). Times are non-negative
+    # float32, whose bit patterns sort as the numbers do: one int64 key (time bits, position)
+    # per spike sorts faster than a stable argsort and gives the same order.
+    keys = np.empty(nf, np.int64)
+    bits = cur.view(np.int32)
+    for k in range(nf):
+        keys[k] = (np.int64(bits[idx[k]]) << 32) | k
+    keys.sort()
+    order = keys & 0xFFFFFFFF
+    times = np.empty(nf, np.float32)
+    for k in range(nf):
+        times[k] = cur[idx[k]]
+    arrived = np.zeros(n_cls)  # sum over arrived inputs of max(0, w_ir - w_i,leader)
+    w64 = np.empty(n_cls)
+    for j in range(n_cls):
+        pot[j] = np.float64(weights[b_off + j])
+    a_now = scale64
+    used = 0
+    kept = 0  # the leader whose row `arrived` holds
+    k = 0
+    while True:
+        leader = 0
+        for j in range(1, n_cls):
+            if pot[j] > pot[leader]:
+                leader = j
+        if leader != kept:
+            _leader_row(weights, w_off, n_cls, idx, order, k, leader, arrived)
+            kept = leader
+        mag_leader = (
+            abs(np.float64(weights[b_off + leader]))
+            + abs_wa[leader]
+            + a_now * (total_pos[n_cls, leader] - abs_w[leader])
+        )
+        certain = True
+        for r in range(n_cls):
+            if r == leader:
+                continue
+            lead = pot[leader] - pot[r]
+            bound = (1.0 - margin) * a_now * (total_pos[leader, r] - arrived[r])
+            mag_r = (
+                abs(np.float64(weights[b_off + r]))
+                + abs_wa[r]
+                + a_now * (total_pos[n_cls, r] - abs_w[r])
+            )
+            tolerance = rounding * (mag_leader + mag_r)
+            if not lead > bound + tolerance:
+                certain = False
+                break
+        if certain:
+            if k == 0:
+                return used, np.float64(window)
+            return used, np.float64(times[order[k - 1]])
+        if k == nf:  # never certain: the whole window, i.e. full processing
+            return used, np.float64(window + 1.0)
+        i = idx[order[k]]
+        v = np.float64(val[order[k]])
+        base = w_off + i * n_cls
+        for j in range(n_cls):
+            w64[j] = weights[base + j]
+        w_l = w64[leader]
+        for j in range(n_cls):
+            pot[j] += w64[j] * v
+            arrived[j] += max(w64[j] - w_l, 0.0)
+            abs_wa[j] += abs(w64[j]) * v
+            abs_w[j] += abs(w64[j])
+        used += fan[i]
+        a_now = v
+        k += 1
+
+
+@_jit()
+def _sample(  # type: ignore[no-untyped-def]
+    s, src, start, stop, steps, weights, fanout, popf, popd, rec_offsets, total_pos,
+    early, margin, max_size, out, logits, decided, rec, record, counts, n_layers, n_pops,
+):  # fmt: skip
+    """Run sample ``s`` through steps ``[start, stop)``; see :func:`run_steps` for the arguments."""
+    cur = np.empty(max_size, np.float32)
+    nxt = np.empty(max_size, np.float32)
+    z = np.empty(max_size, np.float32)
+    acc = np.empty(max_size, np.float32)
+    idx = np.empty(max_size, np.int64)
+    val = np.empty(max_size, np.float32)
+    size = steps[start, IN_SIZE]
+    for i in range(size):
+        cur[i] = src[s, i]
+    for st in range(start, stop):
+        row = steps[st]
+        kind = row[KIND]
+        if kind == K_FLATTEN:
+            continue
+        if kind == K_MAXPOOL:
+            _minpool(row, cur, nxt)
+            cur, nxt = nxt, cur
+            size = row[OUT_SIZE]
+            continue
+        p_out = row[POP_OUT]
+        if kind == K_INPUT:  # ON/OFF split (ON first) and encode
+            n_in = row[IN_SIZE]
+            sent, clipped = _encode(cur, n_in, 0, popf, nxt, rec, s, 0, record, 1)
+            counts[s, n_layers] += sent
+            counts[s, n_layers + n_pops] += clipped
+            if row[FLAG]:
+                sent, clipped = _encode(cur, n_in, 0, popf, nxt[n_in:], rec, s, n_in, record, -1)
+                counts[s, n_layers] += sent
+                counts[s, n_layers + n_pops] += clipped
+            cur, nxt = nxt, cur
+            size = row[OUT_SIZE]
+            continue
+        p_in = row[POP_IN]
+        nf, n_ops = _gather(
+            cur, size, popf[p_in, P_SCALE], popf[p_in, P_END], fanout, row[F_OFF], idx, val
+        )
+        layer = row[LAYER]
+        is_readout = p_out < 0
+        if is_readout and early:
+            pot = np.empty(row[OUT_SIZE])
+            used, when = _early(
+                row, weights, fanout, cur, nf, idx, val, popd[p_in], p_in, margin, total_pos, pot
+            )
+            for j in range(row[OUT_SIZE]):
+                logits[s, j] = pot[j]
+            decided[s] = when
+            counts[s, layer] = used
+            counts[s, n_layers + 2 * n_pops] = n_ops
+            return
+        counts[s, layer] = n_ops
+        if kind == K_DENSE:
+            _dense(row, weights, nf, idx, val, z)
+        elif kind == K_CONV:
+            _conv(row, weights, nf, idx, val, acc, z)
+        else:
+            _avgpool(row, nf, idx, val, z)
+        size = row[OUT_SIZE]
+        if is_readout:
+            for j in range(size):
+                logits[s, j] = z[j]
+            return
+        sent, clipped = _encode(z, size, p_out, popf, nxt, rec, s, rec_offsets[p_out], record, 1)
+        counts[s, n_layers + p_out] += sent
+        counts[s, n_layers + n_pops + p_out] += clipped
+        cur, nxt = nxt, cur
+    for i in range(size):
+        out[s, i] = cur[i]
+
+
+@_jit(nogil=True)
+def _run(  # type: ignore[no-untyped-def]
+    src, start, stop, steps, weights, fanout, popf, popd, rec_offsets, total_pos,
+    early, margin, max_size, out, logits, decided, rec, record, counts, n_layers, n_pops,
+):  # fmt: skip
+    for s in range(src.shape[0]):
+        _sample(
+            s, src, start, stop, steps, weights, fanout, popf, popd, rec_offsets, total_pos,
+            early, margin, max_size, out, logits, decided, rec, record, counts, n_layers,
+            n_pops,
+        )  # fmt: skip
+
+
+@functools.lru_cache(maxsize=4)
+def _pool(threads: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(threads, thread_name_prefix="powersave")
+
+
+def run_steps(
+    src: np.ndarray,
+    start: int,
+    stop: int,
+    steps: np.ndarray,
+    weights: np.ndarray,
+    fanout: np.ndarray,
+    popf: np.ndarray,
+    popd: np.ndarray,
+    rec_offsets: np.ndarray,
+    total_pos: np.ndarray,
+    early: bool,
+    margin: float,
+    max_size: int,
+    out: np.ndarray,
+    logits: np.ndarray,
+    decided: np.ndarray,
+    rec: np.ndarray,
+    record: bool,
+    counts: np.ndarray,
+    n_layers: int,
+    n_pops: int,
+    threads: int = 1,
+) -> None:
+    """Run every sample of ``src`` through steps ``[start, stop)`` of the table, in place.
+
+    Args:
+        src: ``(N, F)`` float32: the raw inputs when ``start == 0``, else the (cut) spike times
+            of the population entering step ``start``, flattened in C order.
+        steps, weights, fanout: the step table and flat buffers of the compiled program.
+        popf: ``(P, 4)`` float32 per population: scale, window end, saturation threshold and
+            cut-off time; ``popd``: ``(P,)`` float64 scales (the early decision's ``a_now``).
+        rec_offsets: ``(P,)`` column of each population in ``rec``.
+        total_pos: ``(C + 1, C)`` float64: ``sum_i max(0, w_ir - w_il)`` of the readout in rows
+            ``l < C``, ``sum_i |w_ic|`` in row ``C``.
+        early, margin: the plan's early decision.
+        max_size: the largest population or potential buffer.
+        out: ``(N, F_out)`` times after the last step when it is not the readout.
+        logits: ``(N, classes)`` float64 readout potentials; ``decided``: ``(N,)`` decision times
+            (written only with an early decision).
+        rec: ``(N, R)`` float32 spike times before cut-offs, written when ``record``.
+        counts: ``(N, layers + 2 P + 1)`` int64 counters, added to: synaptic operations per
+            layer, spikes sent per population, neurons saturated per population, and the
+            readout's operations without the early decision.
+        n_layers, n_pops: the number of synaptic layers and of populations.
+        threads: split the batch into this many blocks run by concurrent threads.
+    """
+    n = src.shape[0]
+    threads = min(threads, n)
+    if threads <= 1:
+        _run(
+            src, start, stop, steps, weights, fanout, popf, popd, rec_offsets, total_pos,
+            early, margin, max_size, out, logits, decided, rec, record, counts, n_layers,
+            n_pops,
+        )  # fmt: skip
+        return
+    # The kernel releases the GIL: Python threads over contiguous blocks of samples. (Numba's
+    # parallel=True on this interpreter costs about a minute of compilation; this costs none.)
+    bounds = np.linspace(0, n, threads + 1).astype(int)
+
+    def block(i: int) -> None:
+        a, b = bounds[i], bounds[i + 1]
+        _run(
+            src[a:b], start, stop, steps, weights, fanout, popf, popd, rec_offsets, total_pos,
+            early, margin, max_size, out[a:b] if out.shape[0] == n else out, logits[a:b],
+            decided[a:b], rec[a:b] if record else rec, record, counts[a:b], n_layers, n_pops,
+        )  # fmt: skip
+
+    list(_pool(threads).map(block, range(threads)))

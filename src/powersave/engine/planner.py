@@ -1,0 +1,76 @@
+"""Which kernel computes a layer's potentials: the compiled event kernel or a dense BLAS one.
+
+Both give the same potentials up to float32 rounding, and the operation counts are the event
+counts whichever ran (a count is a property of the spikes, not of the kernel). The choice is
+only about wall-clock time, from a cost model fed with the *measured* activity of the batch:
+the fraction of the layer's input neurons that fire, known before the layer runs.
+
+Per sample, with ``f`` the fraction of the ``n_in`` input neurons that fire, ``M`` the layer's
+dense multiply-accumulates and ``n_out`` its neurons::
+
+    event ≈ scan · n_in + op[kind] · f · M + out · n_out
+    dense ≈ mac[kind] · M + elem · (n_in + n_out)          (+ call overhead / batch)
+
+``op`` is the time of one synaptic operation of the event kernel (a scattered multiply-add: one
+weight read, one accumulate), ``mac`` that of one multiply-accumulate of the BLAS kernel at large
+batch, ``elem`` the numpy element passes around it (decode the inputs, encode the outputs).
+Dense is worth it only when most inputs fire and the batch is large enough for BLAS to run at
+speed; at small batches the compiled engine runs the whole network in one call, event only.
+
+The constants are nanoseconds on a 2-core AVX2 server (the benchmark's machine: ``python -m
+benchmarks.engine`` prints the measured per-layer times they come from); only their ratios
+matter. Another machine can pass its own :class:`CostModel`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+#: Kernel names as recorded in ``RunStats.kernels``.
+EVENT, DENSE = "event", "dense"
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Per-sample time estimates (ns) of the two kernels for one layer.
+
+    Attributes:
+        op: event kernel, per synaptic operation, by layer kind.
+        mac: dense kernel, per multiply-accumulate at large batch, by layer kind.
+        scan: event kernel, per input neuron (finding the ones that fired, decoding them).
+        out: event kernel, per output neuron (bias, encoding).
+        elem: dense path, per input and output neuron (numpy decode, encode, counting).
+        call: dense path, fixed overhead of one layer call (spread over the batch).
+        min_batch: below this batch size every layer runs event-driven, in one fused call.
+    """
+
+    op: dict[str, float] = field(
+        default_factory=lambda: {"dense": 0.10, "conv": 0.20, "avgpool": 0.5}
+    )
+    mac: dict[str, float] = field(
+        default_factory=lambda: {"dense": 0.045, "conv": 0.12, "avgpool": 1.0}
+    )
+    scan: float = 0.5
+    out: float = 1.0
+    elem: float = 10.0
+    call: float = 30_000.0
+    min_batch: int = 32
+
+    def event_ns(self, kind: str, n_in: int, n_out: int, macs: int, active: float) -> float:
+        """Estimated time of the event kernel for one sample."""
+        return self.scan * n_in + self.op[kind] * active * macs + self.out * n_out
+
+    def dense_ns(self, kind: str, n_in: int, n_out: int, macs: int, batch: int) -> float:
+        """Estimated time of the dense kernel for one sample of a batch of ``batch``."""
+        return self.mac[kind] * macs + self.elem * (n_in + n_out) + self.call / batch
+
+    def choose(self, kind: str, n_in: int, n_out: int, macs: int, active: float, batch: int) -> str:
+        """``"event"`` or ``"dense"`` for a layer whose inputs fire with fraction ``active``."""
+        if batch < self.min_batch:
+            return EVENT
+        event = self.event_ns(kind, n_in, n_out, macs, active)
+        dense = self.dense_ns(kind, n_in, n_out, macs, batch)
+        return DENSE if dense < event else EVENT
+
+
+DEFAULT_COSTS = CostModel()

@@ -1,0 +1,176 @@
+"""The compiled engine's own concerns: inference without PyTorch, the kernel cache, the planner,
+threads, errors. (That it gives the numpy engine's answers is in test_conformance.py.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numba
+import numpy as np
+import pytest
+
+import powersave
+from powersave.engine import compiled
+from powersave.engine.compiled import program, run_compiled
+from powersave.engine.event import run_events
+from powersave.engine.planner import DENSE, EVENT, CostModel
+from powersave.graph import Conv, Dense, Flatten, Graph, Input
+from powersave.network import Network
+from powersave.plan import Plan
+
+
+def small_mlp(seed: int = 0) -> tuple[Graph, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    g = Graph(
+        (
+            Input("x", (1, 6, 6), 1.0),
+            Flatten("f"),
+            Dense("h", rng.normal(size=(20, 36)) / 6, rng.normal(size=20) * 0.1, scale=1.0),
+            Dense("out", rng.normal(size=(4, 20)), np.zeros(4)),
+        )
+    )
+    return g, rng.random((40, 1, 6, 6)).astype(np.float32)
+
+
+def _python(code: str, **env: str) -> dict:
+    """Run ``code`` in a fresh interpreter; it prints one JSON line, returned parsed."""
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **env},
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_inference_imports_neither_torch_nor_matplotlib(tmp_path: Path) -> None:
+    g, x = small_mlp()
+    path = tmp_path / "net.safetensors"
+    powersave.save(Network(g, {"eco": Plan(cutoffs=(0.6, 0.8), early_decision=True)}), path)
+    np.save(tmp_path / "x.npy", x)
+    out = _python(
+        f"""
+        import json, sys
+        import numpy as np
+        import powersave
+        from powersave.engine.compiled import run_compiled
+        net = powersave.load({str(path)!r})
+        x = np.load({str(tmp_path / "x.npy")!r})
+        run = net.run(x, "eco")
+        compiled = run_compiled(net.graph, x, net.plan("eco"))
+        print(json.dumps({{
+            "heavy": sorted(m for m in ("torch", "matplotlib") if m in sys.modules),
+            "spikes": sum(run.stats.spikes),
+            "agree": bool((run.predictions == compiled.logits.argmax(1)).all()),
+        }}))
+        """
+    )
+    assert out["spikes"] > 0
+    assert out["agree"]
+    assert out["heavy"] == []
+
+
+def test_a_second_process_loads_the_kernels_from_the_cache() -> None:
+    code = """
+        import json
+        import numpy as np
+        from powersave.engine import kernels
+        from powersave.engine.compiled import run_compiled
+        from powersave.graph import Dense, Graph, Input
+        g = Graph((Input("x", (3,), 1.0), Dense("out", np.eye(2, 3), np.zeros(2))))
+        run_compiled(g, np.ones((1, 3), np.float32))
+        print(json.dumps({
+            "hits": sum(kernels._run.stats.cache_hits.values()),
+            "misses": sum(kernels._run.stats.cache_misses.values()),
+        }))
+    """
+    _python(code)  # compiles and writes the cache if it is cold
+    second = _python(code)
+    assert second == {"hits": 1, "misses": 0}
+
+
+def test_the_planner_runs_small_batches_event_driven_in_one_call() -> None:
+    model = CostModel()
+    assert model.choose("dense", 784, 256, 784 * 256, 1.0, batch=1) == EVENT
+    assert model.choose("dense", 784, 256, 784 * 256, 1.0, batch=model.min_batch - 1) == EVENT
+
+
+def test_the_planner_weighs_activity_at_large_batches() -> None:
+    model = CostModel()
+    macs = 784 * 256
+    assert model.choose("dense", 784, 256, macs, 0.02, batch=256) == EVENT
+    assert model.choose("dense", 784, 256, macs, 1.0, batch=256) == DENSE
+
+
+def test_planner_choice_is_recorded_and_counts_stay_event_counts() -> None:
+    g, x = small_mlp()
+    x = np.concatenate([x] * 2)
+    always_dense = CostModel(op={"dense": 1e3, "conv": 1e3, "avgpool": 1e3}, min_batch=2)
+    plan = Plan(cutoffs=(0.7, 0.9))
+    got = run_compiled(g, x, plan, cost_model=always_dense, record_spikes=True)
+    expected = run_events(g, x, plan, record_spikes=True)
+    assert got.stats.kernels == (DENSE, DENSE)
+    assert got.stats.layer_synaptic_ops == expected.stats.layer_synaptic_ops
+    assert got.stats.spikes == expected.stats.spikes
+    assert got.stats.to_dict()["layers"][0]["kernel"] == DENSE
+    early = run_compiled(g, x, Plan(early_decision=True), cost_model=always_dense)
+    assert early.stats.kernels == (DENSE, EVENT)  # an early decision stops mid-window
+    small = run_compiled(g, x[:1], plan, cost_model=CostModel())
+    assert small.stats.kernels == (EVENT, EVENT)
+
+
+def test_threads_do_not_change_the_answer() -> None:
+    g, x = small_mlp(1)
+    plan = Plan(cutoffs=(0.8, 0.9), early_decision=True)
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = run_compiled(g, x, plan, record_spikes=True)
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+        many = run_compiled(g, x, plan, record_spikes=True)
+    finally:
+        numba.set_num_threads(before)
+    assert sum(one.stats.spikes) > 0
+    np.testing.assert_array_equal(one.logits, many.logits)
+    np.testing.assert_array_equal(one.decision_times, many.decision_times)
+    assert one.stats == many.stats
+    for a, b in zip(one.times, many.times, strict=True):  # type: ignore[arg-type]
+        np.testing.assert_array_equal(a, b)
+
+
+def test_the_program_is_built_once_per_graph() -> None:
+    g, _ = small_mlp()
+    assert program(g) is program(g)
+    other, _ = small_mlp(1)
+    assert program(other) is not program(g)
+    assert program(g).weights.dtype == np.float32
+    # Dense weights are stored transposed: the row of input neuron i is contiguous.
+    dense = g.nodes[2]
+    w = program(g).weights[: dense.weight.size].reshape(36, 20)  # type: ignore[union-attr]
+    np.testing.assert_array_equal(w, dense.weight.T)  # type: ignore[union-attr]
+
+
+def test_engine_name_and_errors() -> None:
+    g, x = small_mlp()
+    assert run_compiled(g, x[:2]).stats.engine == compiled.ENGINE_NAME
+    with pytest.raises(ValueError, match="kernels must be"):
+        run_compiled(g, x, kernels="fast")
+    with pytest.raises(ValueError, match="has 3 cut-offs, the network has 2 spiking"):
+        run_compiled(g, x, Plan(cutoffs=(1.0, 0.5, 0.5)))
+    conv = Graph(
+        (
+            Input("x", (1, 3, 3), 1.0),
+            Conv("c", np.ones((1, 1, 2, 2), np.float32), [0.0]),
+            Flatten("f"),
+        )
+    )
+    with pytest.raises(ValueError, match="early decision needs a Dense readout"):
+        run_compiled(conv, np.ones((1, 1, 3, 3), np.float32), Plan(early_decision=True))
