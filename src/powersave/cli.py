@@ -249,7 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
     p.add_argument("--models", default="mlp,cnn", help="comma-separated: mlp, cnn")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=_positive, default=None, help="torch threads for training")
+    p.add_argument(
+        "--threads", type=_positive, default=1, help="torch and BLAS threads (default 1)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--quick", action="store_true", help="a small, fast run (figures mean little)")
     p.set_defaults(func=cmd_demo)
