@@ -93,3 +93,12 @@ def test_engines_agree_through_network_run() -> None:
     assert b.stats.engine == "event-compiled"
     with pytest.raises(ValueError, match="engine must be"):
         net.run(x, engine="gpu")
+
+
+def test_half_precision_tensors_and_float64_overflow() -> None:
+    net = image_net()
+    x = np.random.default_rng(4).random((3, 1, 4, 4)).astype(np.float32)
+    half = net.run(torch.from_numpy(x).to(torch.bfloat16))
+    assert half.logits.shape == (3, 3)
+    with pytest.raises(InputError, match="beyond float32's range"):
+        net.run(np.full((1, 1, 4, 4), 1e300))

@@ -8,11 +8,18 @@ import numpy as np
 
 from powersave.errors import InputError
 
+#: Rows checked at a time.
+_BLOCK = 4096
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
 
 def as_array(x: Any, what: str = "inputs") -> np.ndarray:
     """A numpy view of ``x``: numpy arrays, torch tensors (moved to the CPU) or nested lists."""
     if type(x).__module__.split(".")[0] == "torch" and hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()  # torch is the caller's, never imported here
+        tensor = x.detach().cpu()  # torch is the caller's, never imported here
+        if getattr(tensor.dtype, "is_floating_point", False) and tensor.element_size() < 4:
+            tensor = tensor.float()  # bfloat16 and float16 have no lossless numpy twin (bf16)
+        x = tensor.numpy()
     try:
         array = np.asarray(x)
     except (TypeError, ValueError) as exc:
@@ -63,18 +70,34 @@ def check_batch(
             else "same number of features, different layout: reshape them"
         )
         raise InputError(f"{what} must have shape {expected}, got {tuple(array.shape)} ({detail})")
-    array = array.astype(np.float32, copy=False)
-    finite = np.isfinite(array)
-    if not finite.all():
-        bad = np.argwhere(~finite)[0]
+    # Checked block by block, so that a large (or memory-mapped) batch needs no full-size
+    # temporaries: memory stays flat as the data grow.
+    nonfinite, first, low, high = 0, None, np.inf, -np.inf
+    for start in range(0, array.shape[0], _BLOCK):
+        block = array[start : start + _BLOCK]
+        if block.dtype.kind == "f":
+            bad = ~np.isfinite(block)
+            if bad.any():
+                nonfinite += int(bad.sum())
+                if first is None:
+                    first = (start + int(np.argwhere(bad)[0][0]), *np.argwhere(bad)[0][1:])
+                continue
+        low = min(low, float(block.min()))
+        high = max(high, float(block.max()))
+    if nonfinite:
         raise InputError(
-            f"{what} contain NaN or infinite values ({int((~finite).sum())} of them, "
-            f"the first at index {tuple(int(i) for i in bad)})"
+            f"{what} contain NaN or infinite values ({nonfinite} of them, the first at index "
+            f"{tuple(int(i) for i in first)})"  # type: ignore[union-attr]
         )
-    if not signed and (array < 0).any():
+    if max(abs(low), abs(high)) > _FLOAT32_MAX:
         raise InputError(
-            f"{what} contain negative values (min {float(array.min()):.4g}) but the network was "
+            f"{what} hold values beyond float32's range (min {low:.4g}, max {high:.4g}); "
+            "the engines compute in float32: rescale the data"
+        )
+    if not signed and low < 0:
+        raise InputError(
+            f"{what} contain negative values (min {low:.4g}) but the network was "
             "compiled for non-negative inputs; convert it with signed calibration inputs (or "
             "signed=True) to get the ON/OFF split"
         )
-    return array
+    return array.astype(np.float32, copy=False)
