@@ -218,4 +218,4 @@ def test_clipped_inputs_are_reported(
     data = load_mnist10k()
     np.savez(tmp_path / "d.npz", x=data.test.x[:50] * 255, y=data.test.y[:50])
     assert main(["run", str(demo / "mlp.safetensors"), str(tmp_path / "d.npz")]) == 0
-    assert "exceed the network's input scale" in capsys.readouterr().err
+    assert "exceed the input scale" in capsys.readouterr().err

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+import powersave
 from powersave import InputError, Network
 from powersave.graph import Conv, Dense, Flatten, Graph, Input
 
@@ -102,3 +103,11 @@ def test_half_precision_tensors_and_float64_overflow() -> None:
     assert half.logits.shape == (3, 3)
     with pytest.raises(InputError, match="beyond float32's range"):
         net.run(np.full((1, 1, 4, 4), 1e300))
+
+
+def test_inputs_far_outside_the_calibrated_range_warn() -> None:
+    net = image_net()
+    x = np.random.default_rng(5).random((4, 1, 4, 4)).astype(np.float32)
+    with pytest.warns(powersave.InputRangeWarning, match="exceed the input scale A=1"):
+        run = net.run(x * 255)
+    assert run.stats.saturated[0] > 0

@@ -18,7 +18,7 @@ from powersave.errors import (
     PowersaveError,
 )
 from powersave.graph.graph import Graph
-from powersave.network import Network, Run
+from powersave.network import InputRangeWarning, Network, Run
 from powersave.plan import Plan
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "Graph",
     "GraphError",
     "InputError",
+    "InputRangeWarning",
     "Network",
     "NetworkFileError",
     "Plan",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 from powersave._atomic import write_text_atomic
 from powersave._version import __version__
 from powersave.errors import PowersaveError
+from powersave.network import InputRangeWarning
 
 USER_ERRORS = (PowersaveError, ValueError, TypeError, OSError, KeyError)
 
@@ -128,7 +130,11 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     net = load(args.network)
     x, y = _load_data(args, net.graph.input.shape, "test")
-    run = net.run(x, args.mode)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", InputRangeWarning)
+        run = net.run(x, args.mode)
+    for warning in caught:
+        print(f"powersave: warning: {warning.message}", file=sys.stderr)
     s = run.stats
     print(f"mode {run.mode}: accuracy {run.accuracy(y):.2%} on {s.n_samples} samples")
     print(
@@ -137,14 +143,6 @@ def cmd_run(args: argparse.Namespace) -> None:
         f"{s.synaptic_ops / max(s.zero_skip_ops, 1):.1%} of zero-skipping ops); "
         f"spikes/neuron {s.spikes_per_neuron:.3f}; {run.seconds / s.n_samples * 1e3:.3f} ms/sample"
     )
-    clipped = s.saturated[0] / (s.n_samples * s.neurons[0])
-    if clipped > 0.01:
-        print(
-            f"  warning: {clipped:.1%} of input values exceed the network's input scale "
-            f"A={net.graph.input.scale:.4g} and were clipped; were the data scaled as at "
-            "conversion (e.g. pixels in [0, 1], not 0-255)?",
-            file=sys.stderr,
-        )
     if args.out:
         _write_json(
             args.out,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -22,6 +23,14 @@ from powersave.engine.stats import RunStats
 from powersave.graph.graph import Graph
 from powersave.inputs import check_batch
 from powersave.plan import FULL, Plan
+
+#: Share of clipped input values above which :meth:`Network.run` warns.
+CLIP_WARNING = 0.01
+
+
+class InputRangeWarning(UserWarning):
+    """Inputs far outside the range the network was calibrated on: they saturate (clip)."""
+
 
 #: Samples processed at once: bounds memory on large inputs, and small chunks run faster.
 DEFAULT_CHUNK = 128
@@ -129,6 +138,10 @@ class Network:
     ) -> Run:
         """Run a batch spike by spike.
 
+        Input values above the input scale ``A_0`` saturate: they fire at the window's start, as
+        ``A_0`` would (the clipping is counted in ``stats.saturated``). When more than 1 % of the
+        values clip, an :class:`InputRangeWarning` says so.
+
         Args:
             x: ``(N, *input_shape)`` numpy array or torch tensor.
             mode: ``"full"``, a calibrated mode's name, or a :class:`Plan`.
@@ -162,6 +175,15 @@ class Network:
             ]
             stats = replace(
                 stats, layer_zero_skip_ops=tuple(int(sum(v)) for v in zip(*zero_skip, strict=True))
+            )
+        clipped = stats.saturated[0] / (stats.n_samples * stats.neurons[0])
+        if clipped > CLIP_WARNING:
+            warnings.warn(
+                f"{clipped:.1%} of the input values exceed the input scale "
+                f"A={self.graph.input.scale:.4g} and were clipped to it (they fire at once); "
+                "were the inputs scaled as at conversion (e.g. pixels in [0, 1], not 0-255)?",
+                InputRangeWarning,
+                stacklevel=2,
             )
         return Run(
             logits=result.logits,
