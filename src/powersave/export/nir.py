@@ -46,6 +46,7 @@ from powersave._atomic import write_bytes_atomic
 from powersave._version import __version__
 from powersave.errors import ConversionError, GraphError, NetworkFileError
 from powersave.graph.graph import Graph
+from powersave.graph.io import json_default
 from powersave.graph.nodes import (
     NODE_TYPES,
     AvgPool,
@@ -158,14 +159,6 @@ def _describe(node: Node) -> dict[str, Any]:
     return {"kind": node.kind, "fields": fields, "sha256": _digest(node)}
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"metadata value of type {type(value).__name__} is not JSON-serialisable")
-
-
 def to_nir(network: Network) -> nir.NIRGraph:
     """The NIR graph of ``network`` (see the module docstring and ``docs/nir.md``).
 
@@ -261,7 +254,7 @@ def to_nir(network: Network) -> nir.NIRGraph:
                 "metadata": dict(network.metadata),
             },
             allow_nan=False,
-            default=_json_default,
+            default=json_default,
         )
     except (TypeError, ValueError) as exc:
         raise ValueError(f"the network's metadata cannot be written as JSON: {exc}") from exc

@@ -78,7 +78,8 @@ def _describe(node: Node) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     return {"kind": node.kind, "fields": fields, "arrays": sorted(arrays)}, arrays
 
 
-def _json_default(value: Any) -> Any:
+def json_default(value: Any) -> Any:
+    """``json.dumps`` hook: numpy scalars and arrays as plain numbers and lists."""
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):
@@ -159,7 +160,7 @@ def write_network(
             )
     try:
         metadata_json = json.dumps(
-            dict(metadata), sort_keys=True, allow_nan=False, default=_json_default
+            dict(metadata), sort_keys=True, allow_nan=False, default=json_default
         )
     except (TypeError, ValueError) as exc:
         raise ValueError(f"metadata cannot be saved as JSON: {exc}") from exc
