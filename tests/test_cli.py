@@ -152,8 +152,11 @@ def test_info_run_calibrate_sweep_report(
         "gentle=1.0",
         "--ops-budget",
         "20000",
+        "--energy-budget",
+        "1",
     ]
     assert main(args) == 0
+    assert "energy-budget" in capsys.readouterr().out.split("budget NOT reached")[0]
     assert main(["info", str(copy)]) == 0
     assert "gentle" in capsys.readouterr().out
 

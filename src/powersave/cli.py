@@ -169,13 +169,18 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
         targets[name] = Target(accuracy_loss_pp=float(value))
     if args.ops_budget is not None:
         targets["budget"] = Target(synaptic_ops=args.ops_budget)
-    result = calibrate(net, x, y, targets, profile=args.profile, progress=not args.quiet)
+    if args.energy_budget is not None:
+        targets["energy-budget"] = Target(energy_pj=args.energy_budget)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # an unreached budget is printed below
+        result = calibrate(net, x, y, targets, profile=args.profile, progress=not args.quiet)
     save(result.network, args.out or args.network)
     for name, info in result.modes.items():
+        missed = "" if info["reached"] else "  (budget NOT reached)"
         print(
             f"{name:<10} cut-offs {[round(v, 3) for v in info['cutoffs']]}  "
             f"loss {info['calibration_accuracy_loss_pp']:.2f} pp  "
-            f"{info['calibration_synaptic_ops_per_sample']:.0f} synaptic ops/sample"
+            f"{info['calibration_synaptic_ops_per_sample']:.0f} synaptic ops/sample{missed}"
         )
     print(f"wrote {args.out or args.network}")
 
@@ -275,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="network file to write (default: overwrite NETWORK)")
     p.add_argument("--target", action="append", help="NAME=LOSS_PP, e.g. balanced=0.5")
     p.add_argument("--ops-budget", type=float, help="also a mode 'budget' with this many ops")
+    p.add_argument(
+        "--energy-budget", type=float, help="also a mode 'energy-budget': pJ per sample (estimate)"
+    )
     p.add_argument("--profile", default="cmos45-fp32", help="energy profile to minimise")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_calibrate)
