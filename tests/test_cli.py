@@ -222,3 +222,29 @@ def test_clipped_inputs_are_reported(
     np.savez(tmp_path / "d.npz", x=data.test.x[:50] * 255, y=data.test.y[:50])
     assert main(["run", str(demo / "mlp.safetensors"), str(tmp_path / "d.npz")]) == 0
     assert "exceed the input scale" in capsys.readouterr().err
+
+
+def test_train_criticality_and_experiment_commands(
+    demo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = load_mnist10k()
+    small = type(data.test)(data.test.x[:400], data.test.y[:400], "small")
+    save_npz(tmp_path / "small.npz", small)
+    out = tmp_path / "trained.safetensors"
+    args = ["train", "--data", str(tmp_path / "small.npz"), "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    assert "PyTorch test accuracy" in capsys.readouterr().out
+    assert powersave.load(out).modes == ("full", "balanced", "saver", "ultra")
+
+    net = str(demo / "mlp.safetensors")
+    crit = tmp_path / "crit.json"
+    assert main(["criticality", net, "mnist10k", "--samples", "3", "--per-sample", "2",
+                 "--out", str(crit)]) == 0  # fmt: skip
+    diagnostics = json.loads(crit.read_text())
+    assert len(diagnostics["chi"]) == 3 and diagnostics["branching_ratio"]
+
+    exp = tmp_path / "exp"
+    assert main(["experiment", "criticality", "--quick", "--models", "mlp", "--seeds", "0",
+                 "--no-report", "--quiet", "--out", str(exp)]) == 0  # fmt: skip
+    runs = json.loads((exp / "results.json").read_text())["runs"]
+    assert {r["variant"] for r in runs} == {"plain", "sparse", "critical"}

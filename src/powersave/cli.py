@@ -225,6 +225,79 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(f"wrote {args.nir} (NIR; opens with nir.read; see docs/nir.md for what consumers run)")
 
 
+def _dataset(spec: str) -> Any:
+    """Splits of a data set name or an ``.npz`` path."""
+    from powersave.data import load_dataset
+
+    return load_dataset(spec)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from powersave.api import save
+    from powersave.frontend.pipeline import train_network
+
+    trained = train_network(
+        _dataset(args.data),
+        model=args.model,
+        variant=args.variant,
+        seed=args.seed,
+        threads=args.threads,
+        progress=not args.quiet,
+        checkpoint=args.checkpoint,
+    )
+    save(trained.network, args.out)
+    info = trained.info
+    layers = info.get("weight_sparsity", [])
+    weights = sum(row["weights"] for row in layers)
+    zeros = sum(row["weights"] * row["zero_share"] for row in layers)
+    print(
+        f"{args.model} ({args.variant}): PyTorch test accuracy {info['dense_accuracy']:.2%}, "
+        f"{zeros / max(weights, 1):.1%} of weights zero; modes "
+        f"{', '.join(trained.network.modes)} calibrated on the calibration split"
+    )
+    print(f"wrote {args.out}")
+
+
+def cmd_criticality(args: argparse.Namespace) -> None:
+    from powersave.api import load
+    from powersave.criticality import diagnose
+
+    net = load(args.network)
+    x, _ = _load_data(args, net.graph.input.shape, "test")
+    result = diagnose(
+        net,
+        x,
+        mode=args.mode,
+        avalanche_samples=args.samples,
+        per_sample=args.per_sample,
+        perturbation="move" if args.move else "delete",
+        seed=args.seed,
+    )
+    print(json.dumps({k: v for k, v in result.items() if k != "avalanche_sizes"}, indent=1)[:4000])
+    if args.out:
+        _write_json(args.out, result)
+
+
+def cmd_experiment(args: argparse.Namespace) -> None:
+    from powersave.experiment import format_summary, run_criticality_experiment
+
+    seeds = tuple(int(v) for v in args.seeds.split(",") if v.strip())
+    models = tuple(m.strip() for m in args.models.split(",") if m.strip())
+    if not seeds or not models:
+        raise ValueError("--seeds and --models must each name at least one")
+    results = run_criticality_experiment(
+        args.out,
+        seeds=seeds,
+        models=models,
+        quick=args.quick,
+        progress=not args.quiet,
+        threads=args.threads,
+        report=not args.no_report,
+    )
+    print(format_summary(results))
+    print(f"wrote {Path(args.out) / 'results.json'}")
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -294,6 +367,48 @@ def build_parser() -> argparse.ArgumentParser:
     _data_arguments(p, "test")
     p.add_argument("--out", help="write the results as JSON")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser(
+        "train", parents=[common], help="train a network for the power-saving mode, convert it"
+    )
+    p.add_argument("--data", default="mnist10k", help="data set name or .npz (default mnist10k)")
+    p.add_argument("--model", choices=("mlp", "cnn"), default="mlp")
+    p.add_argument(
+        "--variant",
+        choices=("plain", "sparse", "critical"),
+        default="plain",
+        help="plain; sparse = activity penalty + pruning + power-aware; critical = sparse + chi",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=_positive, default=1)
+    p.add_argument("--checkpoint", help="also save the PyTorch weights (safetensors)")
+    p.add_argument("--out", required=True, help="network file to write")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "criticality", parents=[common], help="chi, branching ratio, avalanches of a network"
+    )
+    p.add_argument("network")
+    _data_arguments(p, "test")
+    p.add_argument("--mode", default="full")
+    p.add_argument("--samples", type=_positive, default=50, help="inputs perturbed")
+    p.add_argument("--per-sample", type=_positive, default=32, help="perturbations per input")
+    p.add_argument("--move", action="store_true", help="move spikes instead of deleting them")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="write the diagnostics as JSON")
+    p.set_defaults(func=cmd_criticality)
+
+    p = sub.add_parser("experiment", parents=[common], help="experiments (criticality)")
+    p.add_argument("name", choices=("criticality",))
+    p.add_argument("--out", required=True)
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--models", default="mlp,cnn")
+    p.add_argument("--quick", action="store_true", help="a small, fast run (figures mean little)")
+    p.add_argument("--threads", type=_positive, default=1)
+    p.add_argument("--no-report", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_experiment)
 
     p = sub.add_parser("export", parents=[common], help="write a saved network as a NIR graph")
     p.add_argument("network")
