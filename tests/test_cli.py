@@ -180,6 +180,7 @@ def test_info_run_calibrate_sweep_report(
         (["run", "{net}", "/nonexistent.npz"], "nonexistent.npz"),
         (["info", "{npz}"], "not"),
         (["report", "{npz}"], "not a JSON results file"),
+        (["report", "{tmp}/nothere.json"], "does not exist"),
         (["calibrate", "{net}", "{npz}", "--target", "oops"], "NAME=LOSS_PP"),
         (["demo", "--models", "rnn", "--out", "{tmp}/d"], "unknown model"),
         (["run", "{net}", "nonsense"], "not a data set name"),

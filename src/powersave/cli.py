@@ -141,7 +141,8 @@ def cmd_run(args: argparse.Namespace) -> None:
         f"  synaptic ops/sample {s.synaptic_ops_per_sample:.0f} "
         f"({s.synaptic_ops / s.dense_macs:.1%} of dense MACs, "
         f"{s.synaptic_ops / max(s.zero_skip_ops, 1):.1%} of zero-skipping ops); "
-        f"spikes/neuron {s.spikes_per_neuron:.3f}; {run.seconds / s.n_samples * 1e3:.3f} ms/sample"
+        f"spikes/neuron {s.spikes_per_neuron:.3f} (hidden {s.spikes_per_hidden_neuron:.3f}); "
+        f"{run.seconds / s.n_samples * 1e3:.3f} ms/sample"
     )
     if args.out:
         _write_json(
@@ -173,7 +174,15 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
         targets["energy-budget"] = Target(energy_pj=args.energy_budget)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # an unreached budget is printed below
-        result = calibrate(net, x, y, targets, profile=args.profile, progress=not args.quiet)
+        result = calibrate(
+            net,
+            x,
+            y,
+            targets,
+            profile=args.profile,
+            progress=not args.quiet,
+            min_step=args.min_step,
+        )
     save(result.network, args.out or args.network)
     for name, info in result.modes.items():
         missed = "" if info["reached"] else "  (budget NOT reached)"
@@ -205,8 +214,11 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     from powersave.report import write_report
 
+    path = Path(args.results)
+    if not path.is_file():
+        raise ValueError(f"results file {path} does not exist (powersave demo writes one)")
     try:
-        results = json.loads(Path(args.results).read_text(encoding="utf-8"))
+        results = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{args.results} is not a JSON results file: {exc}") from None
     if not isinstance(results, dict) or "models" not in results:
@@ -273,9 +285,10 @@ def cmd_criticality(args: argparse.Namespace) -> None:
         perturbation="move" if args.move else "delete",
         seed=args.seed,
     )
-    print(json.dumps({k: v for k, v in result.items() if k != "avalanche_sizes"}, indent=1)[:4000])
     if args.out:
         _write_json(args.out, result)
+    else:
+        print(json.dumps({k: v for k, v in result.items() if k != "avalanche_sizes"}, indent=1))
 
 
 def cmd_experiment(args: argparse.Namespace) -> None:
@@ -357,6 +370,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--energy-budget", type=float, help="also a mode 'energy-budget': pJ per sample (estimate)"
     )
     p.add_argument("--profile", default="cmos45-fp32", help="energy profile to minimise")
+    p.add_argument(
+        "--min-step",
+        type=float,
+        default=0.025,
+        help="smallest cut-off step of the search (default 0.025; the demo uses 0.05)",
+    )
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_calibrate)
 
