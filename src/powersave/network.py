@@ -169,13 +169,8 @@ class Network:
         seconds = time.perf_counter() - start  # the spiking path only, never the baseline
         stats = result.stats
         if baselines:
-            zero_skip = [
-                zero_skip_ops(self.graph, batch[i : i + chunk_size], self.costs)
-                for i in range(0, batch.shape[0], chunk_size)
-            ]
-            stats = replace(
-                stats, layer_zero_skip_ops=tuple(int(sum(v)) for v in zip(*zero_skip, strict=True))
-            )
+            zero_skip = zero_skip_ops(self.graph, batch, self.costs, chunk_size)
+            stats = replace(stats, layer_zero_skip_ops=zero_skip)
         clipped = stats.saturated[0] / (stats.n_samples * stats.neurons[0])
         if clipped > CLIP_WARNING:
             warnings.warn(

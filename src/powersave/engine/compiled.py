@@ -23,11 +23,16 @@ import numba
 import numpy as np
 
 from powersave.coding import decode, encode
-from powersave.engine import dense as dense_pass
 from powersave.engine import kernels as k
 from powersave.engine import ops as numpy_ops
 from powersave.engine.costs import SynapticCost
-from powersave.engine.event import EventResult, _count, _cut, _saturated, graph_costs
+from powersave.engine.event import (
+    EventResult,
+    count_saturated,
+    cut_late_spikes,
+    graph_costs,
+    zero_skip_ops,
+)
 from powersave.engine.planner import DEFAULT_COSTS, DENSE, EVENT, CostModel
 from powersave.engine.stats import RunStats
 from powersave.graph.graph import Graph
@@ -400,9 +405,9 @@ def _layered(
             break
         p = int(row[k.POP_OUT])
         scale = prog.scales[p]
-        b.counts[0, n_layers + n_pops + p] += _saturated(z, scale)
+        b.counts[0, n_layers + n_pops + p] += count_saturated(z, scale)
         fired_times = encode(z, scale, p)
-        times = _cut(fired_times, p, plan)
+        times = cut_late_spikes(fired_times, p, plan)
         b.counts[0, n_layers + p] += int(np.count_nonzero(np.isfinite(times)))
         if record:
             off = int(prog.rec_offsets[p])
@@ -426,12 +431,7 @@ def _result(
     totals = (b.counts[0] if n == 1 else b.counts.sum(axis=0)).tolist()
     ops = totals[:n_layers]
     saved = totals[-1] - ops[-1] if plan.early_decision else 0
-    zero_skip = [0] * n_layers
-    if baselines:
-        zero_skip = [
-            _count(inp != 0, cost.fanout)
-            for inp, cost in zip(dense_pass.forward(graph, x).layer_inputs, prog.costs, strict=True)
-        ]
+    zero_skip = zero_skip_ops(graph, x, prog.costs) if baselines else (0,) * n_layers
     stats = RunStats(
         n_samples=n,
         populations=prog.populations,
@@ -455,7 +455,7 @@ def _result(
                 prog.rec_offsets.tolist(), prog.neurons, prog.population_shapes, strict=True
             )
         )
-        times = tuple(_cut(t, p, plan) for p, t in enumerate(fired))
+        times = tuple(cut_late_spikes(t, p, plan) for p, t in enumerate(fired))
     return EventResult(
         logits=b.logits.astype(np.float32),
         stats=stats,

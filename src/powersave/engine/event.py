@@ -60,23 +60,32 @@ def graph_costs(graph: Graph) -> tuple[SynapticCost, ...]:
     )
 
 
-def _count(fired: np.ndarray, fanout: np.ndarray) -> int:
+def count_ops(fired: np.ndarray, fanout: np.ndarray) -> int:
     """Synaptic operations: each fired neuron times its non-zero fan-out, summed over the batch."""
     return int(np.tensordot(fired.astype(np.int64), fanout, axes=fired.ndim - 1).sum())
 
 
-def _saturated(a: np.ndarray, scale: float) -> int:
+def count_saturated(a: np.ndarray, scale: float) -> int:
     """Neurons clipped by the scale: above ``A`` by more than float32 rounding of the code."""
     return int(np.count_nonzero(a > scale * (1 + 1e-5)))
 
 
-def zero_skip_ops(graph: Graph, x: np.ndarray, costs: tuple[SynapticCost, ...]) -> tuple[int, ...]:
-    """The zero-skipping baseline per layer: the ReLU network's non-zero activations × fan-out."""
-    inputs = dense_pass.forward(graph, x).layer_inputs
-    return tuple(_count(a != 0, cost.fanout) for a, cost in zip(inputs, costs, strict=True))
+def zero_skip_ops(
+    graph: Graph, x: np.ndarray, costs: tuple[SynapticCost, ...], chunk_size: int = 128
+) -> tuple[int, ...]:
+    """The zero-skipping baseline per layer: the ReLU network's non-zero activations × fan-out.
+
+    Runs the dense pass ``chunk_size`` samples at a time, so memory stays bounded.
+    """
+    totals = [0] * len(costs)
+    for i in range(0, x.shape[0], chunk_size):
+        inputs = dense_pass.forward(graph, x[i : i + chunk_size]).layer_inputs
+        for k, (a, cost) in enumerate(zip(inputs, costs, strict=True)):
+            totals[k] += count_ops(a != 0, cost.fanout)
+    return tuple(totals)
 
 
-def _cut(times: np.ndarray, window: int, plan: Plan) -> np.ndarray:
+def cut_late_spikes(times: np.ndarray, window: int, plan: Plan) -> np.ndarray:
     """Drop spikes of population ``window`` later than its cut-off ``window + c``."""
     c = plan.cutoff(window)
     if c >= 1.0:
@@ -115,9 +124,9 @@ def run_events(
     # Window 0: the input population, ON/OFF split when signed.
     a = split_on_off(x.astype(np.float32, copy=False), graph.input.signed)
     scale = graph.input.scale
-    saturated = [_saturated(a, scale)]
+    saturated = [count_saturated(a, scale)]
     fired_times = encode(a, scale, 0)
-    times = _cut(fired_times, 0, plan)
+    times = cut_late_spikes(fired_times, 0, plan)
     spikes = [int(np.count_nonzero(np.isfinite(times)))]
     recorded = [times] if record_spikes else []
     recorded_fired = [fired_times] if record_spikes else []
@@ -148,20 +157,20 @@ def run_events(
             logits, used, decision_times = _early_decision(
                 times, a, node, fanout, scale, window, plan.margin
             )
-            full_ops = _count(fired, fanout)
+            full_ops = count_ops(fired, fanout)
             synops.append(used)
             saved = full_ops - used
         else:
-            synops.append(_count(fired, fanout))
+            synops.append(count_ops(fired, fanout))
             z = ops.synaptic(a, node)
             if i == readout:
                 logits = z.reshape(n, -1)
             else:
                 scale = node.scale  # type: ignore[assignment]
                 window += 1
-                saturated.append(_saturated(z, scale))
+                saturated.append(count_saturated(z, scale))
                 fired_times = encode(z, scale, window)
-                times = _cut(fired_times, window, plan)
+                times = cut_late_spikes(fired_times, window, plan)
                 spikes.append(int(np.count_nonzero(np.isfinite(times))))
                 if record_spikes:
                     recorded.append(times)

@@ -113,11 +113,11 @@ class _Evaluator:
         self.n = x.shape[0]
         self.energy = energy
         self.pops = graph.populations
-        self.neurons = float(sum(c.neurons for c in graph_costs(graph)))
         self.cache: dict[tuple[float, ...], tuple[np.ndarray, int, int]] = {}
         self.points: dict[tuple[float, ...], Point] = {}
         self.suffixes = [self._suffix(k) for k in range(len(self.pops))]
         self.costs = [graph_costs(g) for g in self.suffixes]
+        self.neurons = float(sum(c.neurons for c in self.costs[0]))  # suffix 0: the whole graph
         # Population 0 under the empty prefix: the input itself, nothing spent before it.
         self.cache[()] = (x, 0, 0)
         self.full_predictions = self._predict((1.0,) * len(self.pops))[0]

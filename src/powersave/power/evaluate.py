@@ -45,13 +45,8 @@ def mode_record(
         "early_decision": plan.early_decision,
         "readout_ops_saved_per_sample": s.readout_ops_saved / s.n_samples,
         "populations": [
-            {
-                "name": name,
-                "neurons": n,
-                "spikes_per_sample": spikes / s.n_samples,
-                "spikes_per_neuron": spikes / (s.n_samples * n),
-            }
-            for name, n, spikes in zip(s.populations, s.neurons, s.spikes, strict=True)
+            {key: p[key] for key in ("name", "neurons", "spikes_per_sample", "spikes_per_neuron")}
+            for p in s.to_dict()["populations"]
         ],
     }
 
