@@ -7,7 +7,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,6 +23,9 @@ from powersave.engine.stats import RunStats
 from powersave.graph.graph import Graph
 from powersave.inputs import check_batch
 from powersave.plan import FULL, Plan
+
+if TYPE_CHECKING:
+    from powersave.session import Session
 
 #: Share of clipped input values above which :meth:`Network.run` warns.
 CLIP_WARNING = 0.01
@@ -189,6 +192,13 @@ class Network:
             times=result.times,
             decision_times=result.decision_times,
         )
+
+    def session(self, mode: str | Plan = "full", *, engine: str = "auto") -> Session:
+        """A :class:`~powersave.session.Session`: repeated inference in one mode, with the
+        set-up done once and the counts adding up (the fast path for one sample at a time)."""
+        from powersave.session import Session
+
+        return Session(self, mode, engine=engine)
 
     def calibrate(self, inputs: Any, labels: Any, targets: Any = None, **options: Any) -> Network:
         """A copy with power-saving modes calibrated on held-out ``inputs`` and ``labels``.

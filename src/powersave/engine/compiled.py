@@ -233,7 +233,7 @@ def _build(graph: Graph, costs: tuple[SynapticCost, ...]) -> Program:
     )
 
 
-def _check_plan(prog: Program, plan: Plan) -> None:
+def check_plan(prog: Program, plan: Plan) -> None:
     if plan.cutoffs and len(plan.cutoffs) != len(prog.populations):
         raise ValueError(
             f"plan {plan.name!r} has {len(plan.cutoffs)} cut-offs, the network has "
@@ -274,7 +274,7 @@ def run_compiled(
     if kernels not in ("auto", EVENT, DENSE):
         raise ValueError(f"kernels must be 'auto', 'event' or 'dense', got {kernels!r}")
     prog = program(graph, costs)
-    _check_plan(prog, plan)
+    check_plan(prog, plan)
     n = x.shape[0]
     src = np.ascontiguousarray(x, dtype=np.float32).reshape(n, -1)
     popf, popd = prog.population_table(plan)
@@ -293,22 +293,6 @@ def run_compiled(
             graph, prog, plan, src, popf, popd, b, record_spikes, threads, kernels, cost_model
         )
     result = _result(graph, prog, plan, x, b, chosen, record_spikes, baselines)
-    if plan.early_decision:
-        # A sample the early decision never certified takes the answer of full processing by
-        # this engine's own arithmetic, so that even exact ties break the way `full` breaks them
-        # (the decision loop sums in time order, in float64).
-        undecided = np.flatnonzero(result.decision_times >= graph.n_windows)
-        if undecided.size:
-            again = run_compiled(
-                graph,
-                x[undecided],
-                Plan(cutoffs=plan.cutoffs),
-                costs=costs,
-                baselines=False,
-                kernels=kernels,
-                cost_model=cost_model,
-            )
-            result.logits[undecided] = again.logits
     return result
 
 
@@ -320,7 +304,9 @@ class _Buffers:
     counts: np.ndarray  # (N, Program.n_counts) int64
 
 
-_NO_OUT = np.empty((1, 1), np.float32)
+#: Placeholders for the kernel's ``out`` (a run to the readout) and ``rec`` (not recording).
+NO_OUT = np.empty((1, 1), np.float32)
+NO_REC = np.empty((1, 1), np.float32)
 
 
 def _steps(
@@ -334,13 +320,19 @@ def _steps(
     b: _Buffers,
     record: bool,
     threads: int,
-    out: np.ndarray = _NO_OUT,
+    out: np.ndarray = NO_OUT,
 ) -> None:
-    k.run_steps(
+    bad, _ = k.run_steps(
         src, start, stop, prog.steps, prog.weights, prog.fanout, popf, popd, prog.rec_offsets,
         prog.total_pos, plan.early_decision, plan.margin, prog.max_size, out, b.logits,
         b.decided, b.rec, record, b.counts, len(prog.layers), len(prog.populations), threads,
     )  # fmt: skip
+    if bad:  # nothing ran: the inputs hold NaN, infinities or (unsigned input) negative values
+        from powersave.inputs import check_batch
+
+        input_shape = prog.shapes[0]
+        check_batch(src.reshape(-1, *input_shape), input_shape, signed=bool(prog.steps[0, k.FLAG]))
+        raise AssertionError("the kernel refused inputs that check_batch accepts")  # unreachable
 
 
 def _layered(
@@ -416,6 +408,35 @@ def _layered(
     return tuple(chosen)
 
 
+def stats_from_counts(
+    prog: Program,
+    plan: Plan,
+    n: int,
+    totals: list[int],
+    kernels: tuple[str, ...],
+    zero_skip: tuple[int, ...] | None = None,
+) -> RunStats:
+    """The :class:`RunStats` of ``n`` samples whose counters (summed over them) are ``totals``."""
+    n_layers, n_pops = len(prog.layers), len(prog.populations)
+    ops = totals[:n_layers]
+    saved = totals[n_layers + 2 * n_pops] - ops[-1] if plan.early_decision else 0
+    return RunStats(
+        n_samples=n,
+        populations=prog.populations,
+        neurons=prog.neurons,
+        spikes=tuple(totals[n_layers : n_layers + n_pops]),
+        saturated=tuple(totals[n_layers + n_pops : n_layers + 2 * n_pops]),
+        layers=prog.layers,
+        layer_synaptic_ops=tuple(ops),
+        layer_dense_macs=tuple(n * m for m in prog.dense_macs),
+        layer_zero_skip_ops=(0,) * n_layers if zero_skip is None else tuple(zero_skip),
+        neuron_updates=n * prog.neuron_updates,
+        readout_ops_saved=saved,
+        engine=ENGINE_NAME,
+        kernels=kernels,
+    )
+
+
 def _result(
     graph: Graph,
     prog: Program,
@@ -427,26 +448,9 @@ def _result(
     baselines: bool,
 ) -> EventResult:
     n = x.shape[0]
-    n_layers, n_pops = len(prog.layers), len(prog.populations)
     totals = (b.counts[0] if n == 1 else b.counts.sum(axis=0)).tolist()
-    ops = totals[:n_layers]
-    saved = totals[-1] - ops[-1] if plan.early_decision else 0
-    zero_skip = zero_skip_ops(graph, x, prog.costs) if baselines else (0,) * n_layers
-    stats = RunStats(
-        n_samples=n,
-        populations=prog.populations,
-        neurons=prog.neurons,
-        spikes=tuple(totals[n_layers : n_layers + n_pops]),
-        saturated=tuple(totals[n_layers + n_pops : n_layers + 2 * n_pops]),
-        layers=prog.layers,
-        layer_synaptic_ops=tuple(ops),
-        layer_dense_macs=tuple(n * m for m in prog.dense_macs),
-        layer_zero_skip_ops=tuple(zero_skip),
-        neuron_updates=n * prog.neuron_updates,
-        readout_ops_saved=saved,
-        engine=ENGINE_NAME,
-        kernels=chosen,
-    )
+    zero_skip = zero_skip_ops(graph, x, prog.costs) if baselines else None
+    stats = stats_from_counts(prog, plan, n, totals, chosen, zero_skip)
     fired = times = None
     if record:
         fired = tuple(

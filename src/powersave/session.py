@@ -1,0 +1,173 @@
+"""Repeated inference in one mode: the fast path for serving, one sample or a few at a time.
+
+:meth:`Network.run` answers a batch with everything a study needs (spike times on request, the
+zero-skipping baseline, a fresh :class:`RunStats`); per call that costs tens of microseconds of
+Python around a kernel that itself needs about as much. A :class:`Session` does the set-up once
+(the compiled program, the plan's tables) and per call only checks the batch and calls the
+kernel, while the counts add up in :attr:`Session.stats`::
+
+    session = network.session("balanced")
+    labels = session.predict(x)        # (N,) int64
+    logits = session.logits(x)         # (N, classes) float32
+    session.stats.synaptic_ops_per_sample
+
+Answers and counts are those of ``network.run(x, mode, engine="compiled")`` (the same kernels).
+Batches of :data:`~powersave.engine.planner.CostModel.min_batch` samples or more go through
+:func:`~powersave.engine.compiled.run_compiled` and its planner. Without numba a session runs the
+numpy engine through :meth:`Network.run`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+
+from powersave.engine.stats import RunStats
+from powersave.network import CLIP_WARNING, InputRangeWarning, Network
+
+
+class Session:
+    """One network, one mode, many calls. Not safe to share between threads (the counts)."""
+
+    def __init__(self, network: Network, mode: Any = "full", *, engine: str = "auto") -> None:
+        """Args:
+        network: the network to serve.
+        mode: ``"full"``, a calibrated mode's name, or a :class:`~powersave.plan.Plan`.
+        engine: ``"auto"`` (compiled when numba is installed), ``"compiled"`` or ``"numpy"``.
+        """
+        if engine not in ("auto", "compiled", "numpy"):
+            raise ValueError(f"engine must be 'auto', 'compiled' or 'numpy', got {engine!r}")
+        self.network = network
+        self.plan = network.plan(mode)
+        self.mode = self.plan.name or (mode if isinstance(mode, str) else "custom")
+        self._parts: list[RunStats] = []
+        self._compiled = None
+        if engine != "numpy":
+            try:
+                from powersave.engine import compiled
+            except ImportError:
+                if engine == "compiled":
+                    raise ImportError("engine='compiled' needs numba: pip install numba") from None
+            else:
+                self._compiled = compiled
+                self._setup()
+        self.engine = "compiled" if self._compiled is not None else "numpy"
+
+    def _setup(self) -> None:
+        compiled = self._compiled
+        assert compiled is not None
+        graph = self.network.graph
+        prog = compiled.program(graph, self.network.costs)
+        compiled.check_plan(prog, self.plan)
+        popf, popd = prog.population_table(self.plan)
+        self._prog = prog
+        self._inputs = prog.neurons[0]
+        self._signed = graph.input.signed
+        self._shape = tuple(graph.input.shape)
+        self._classes = prog.n_classes
+        self._counts = np.zeros((1, prog.n_counts), np.int64)  # the kernel adds every sample
+        self._n = 0
+        self._min_batch = compiled.DEFAULT_COSTS.min_batch
+        self._kernel = compiled.k._run
+        steps = prog.steps
+        self._head = (0, len(steps), steps, prog.weights, prog.fanout, popf, popd)
+        self._tail = (
+            prog.rec_offsets, prog.total_pos, self.plan.early_decision, self.plan.margin,
+            prog.max_size, compiled.NO_OUT,
+        )  # fmt: skip
+        self._layers = (len(prog.layers), len(prog.populations))
+
+    # -- answers ----------------------------------------------------------------------------------
+
+    def logits(self, x: Any) -> np.ndarray:
+        """``(N, classes)`` float32 readout potentials of a batch ``x`` ``(N, *input_shape)``."""
+        return self._run(x).astype(np.float32)
+
+    def predict(self, x: Any) -> np.ndarray:
+        """``(N,)`` int64 predicted classes of a batch ``x`` ``(N, *input_shape)``."""
+        return self._run(x).argmax(axis=1)
+
+    # -- counts -----------------------------------------------------------------------------------
+
+    @property
+    def stats(self) -> RunStats | None:
+        """The counts of every call since the session began (or :meth:`reset`); ``None`` before
+        the first. Without the zero-skipping baseline (``zero_skip_ops`` is 0): use
+        :meth:`Network.run` for comparisons."""
+        parts = list(self._parts)
+        if self._compiled is not None and self._n:
+            parts.append(
+                self._compiled.stats_from_counts(
+                    self._prog,
+                    self.plan,
+                    self._n,
+                    self._counts[0].tolist(),
+                    (self._compiled.EVENT,) * len(self._prog.layers),
+                )
+            )
+        return RunStats.merge(parts) if parts else None
+
+    def reset(self) -> None:
+        """Forget the counts so far."""
+        self._parts.clear()
+        if self._compiled is not None:
+            self._counts[:] = 0
+            self._n = 0
+
+    # -- the run ----------------------------------------------------------------------------------
+
+    def _run(self, x: Any) -> np.ndarray:
+        compiled = self._compiled
+        if compiled is None:
+            run = self.network.run(x, self.plan, baselines=False, engine="numpy")
+            self._parts.append(run.stats)
+            return run.logits.astype(np.float64)
+        fast = (
+            type(x) is np.ndarray
+            and x.dtype == np.float32
+            and x.shape[1:] == self._shape
+            and x.ndim == len(self._shape) + 1
+            and x.shape[0] >= 1
+        )
+        if not fast:
+            x = self.network.check_inputs(x)  # a clear error, or a float32 batch
+        n = x.shape[0]
+        if n >= self._min_batch:  # the planner's path (it refuses bad inputs too)
+            result = compiled.run_compiled(
+                self.network.graph, x, self.plan, costs=self.network.costs, baselines=False
+            )
+            self._parts.append(result.stats)
+            stats = result.stats
+            if stats.saturated[0] > CLIP_WARNING * n * self._inputs:
+                self._warn(stats.saturated[0] / (n * self._inputs))
+            return result.logits.astype(np.float64)
+        logits = np.empty((n, self._classes))
+        bad, clipped = self._kernel(
+            np.ascontiguousarray(x).reshape(n, -1), *self._head, *self._tail, logits,
+            np.empty(n), compiled.NO_REC, False, self._counts, *self._layers,
+        )  # fmt: skip
+        if bad:
+            self._check(x)  # raises: non-finite or (unsigned input) negative values; nothing ran
+        if clipped > CLIP_WARNING * n * self._inputs:
+            self._warn(clipped / (n * self._inputs))
+        self._n += n
+        return logits
+
+    def _warn(self, share: float) -> None:
+        warnings.warn(
+            f"{share:.1%} of the input values exceed the input scale "
+            f"A={self.network.graph.input.scale:.4g} and were clipped to it (they fire at "
+            "once); were the inputs scaled as at conversion (e.g. pixels in [0, 1], not 0-255)?",
+            InputRangeWarning,
+            stacklevel=3,
+        )
+
+    def _check(self, x: np.ndarray) -> None:
+        from powersave.inputs import check_batch
+
+        check_batch(x, self._shape, signed=self._signed)
+
+    def __repr__(self) -> str:
+        return f"Session(mode={self.mode!r}, engine={self.engine!r})"

@@ -1,0 +1,118 @@
+"""Sessions: the fast path gives Network.run's answers and counts, and refuses what it refuses."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from powersave import InputError, InputRangeWarning, Plan
+from powersave.graph import Dense, Flatten, Graph, Input
+from powersave.network import Network
+
+
+def network(signed: bool = False, seed: int = 0) -> tuple[Network, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    g = Graph(
+        (
+            Input("x", (1, 6, 6), 1.0, signed=signed),
+            Flatten("f"),
+            Dense(
+                "h",
+                rng.normal(size=(20, 72 if signed else 36)) / 6,
+                rng.normal(size=20) * 0.1,
+                scale=1.0,
+            ),
+            Dense("out", rng.normal(size=(4, 20)), np.zeros(4)),
+        )
+    )
+    x = rng.random((50, 1, 6, 6)).astype(np.float32)
+    if signed:
+        x = x * 2 - 1
+    plans = {
+        "cut": Plan(cutoffs=(0.8, 0.6), name="cut"),
+        "early": Plan(cutoffs=(0.9, 0.7), early_decision=True, name="early"),
+    }
+    return Network(g, plans=plans), x
+
+
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("mode", ["full", "cut", "early"])
+def test_a_session_gives_run_s_answers_and_counts(mode: str, signed: bool) -> None:
+    net, x = network(signed)
+    session = net.session(mode)
+    assert session.stats is None
+    # one at a time, a few at a time, and a batch big enough for the planner's path
+    parts = [x[i : i + 1] for i in range(10)] + [x[10:15], x[15:50]]
+    predictions = np.concatenate([session.predict(p) for p in parts])
+    run = net.run(x, mode, baselines=False, engine="numpy")
+    np.testing.assert_array_equal(predictions, run.predictions)
+    np.testing.assert_allclose(session.logits(x[:3]), run.logits[:3], rtol=1e-5, atol=1e-5)
+    stats = session.stats
+    assert stats is not None
+    assert stats.n_samples == 53  # the logits call counts too
+    session.reset()
+    assert session.stats is None
+    for p in parts:
+        session.predict(p)
+    stats = session.stats
+    assert stats is not None and stats.n_samples == 50
+    assert stats.layer_synaptic_ops == run.stats.layer_synaptic_ops
+    assert stats.spikes == run.stats.spikes
+    assert stats.saturated == run.stats.saturated
+    assert stats.readout_ops_saved == run.stats.readout_ops_saved
+    assert stats.layer_dense_macs == run.stats.layer_dense_macs
+
+
+def test_a_session_takes_any_array_like_and_torch_free_inputs() -> None:
+    net, x = network()
+    session = net.session("cut")
+    expected = session.predict(x[:4])
+    np.testing.assert_array_equal(session.predict(x[:4].astype(np.float64)), expected)
+    np.testing.assert_array_equal(session.predict(x[:4].tolist()), expected)
+    np.testing.assert_array_equal(session.predict(np.asfortranarray(x[:4])), expected)
+
+
+@pytest.mark.parametrize("n", [1, 3, 40])
+def test_a_session_refuses_bad_inputs_and_counts_nothing_for_them(n: int) -> None:
+    net, x = network()
+    session = net.session("early")
+    session.predict(x[:2])
+    bad = x[:n].copy()
+    bad[n - 1, 0, 2, 3] = np.nan
+    with pytest.raises(InputError, match="NaN or infinite"):
+        session.predict(bad)
+    bad[n - 1, 0, 2, 3] = -0.5
+    with pytest.raises(InputError, match="negative"):
+        session.predict(bad)
+    with pytest.raises(InputError, match="batch axis"):
+        session.predict(x[0])
+    with pytest.raises(InputError, match="shape"):
+        session.predict(x[:2, :, :5])
+    stats = session.stats
+    assert stats is not None and stats.n_samples == 2
+
+
+def test_a_session_warns_of_saturated_inputs_like_run() -> None:
+    net, x = network()
+    session = net.session()
+    with pytest.warns(InputRangeWarning, match="clipped"):
+        session.predict(x[:2] * 255)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        session.predict(x[:2])
+
+
+def test_a_session_without_the_compiled_engine_runs_numpy() -> None:
+    net, x = network()
+    session = net.session("early", engine="numpy")
+    assert session.engine == "numpy"
+    np.testing.assert_array_equal(
+        session.predict(x[:7]), net.run(x[:7], "early", engine="numpy").predictions
+    )
+    assert session.stats is not None and session.stats.n_samples == 7
+    with pytest.raises(ValueError, match="engine must be"):
+        net.session(engine="gpu")
+    with pytest.raises(ValueError, match="unknown mode"):
+        net.session("turbo")
