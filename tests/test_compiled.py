@@ -127,6 +127,31 @@ def test_planner_choice_is_recorded_and_counts_stay_event_counts() -> None:
     assert small.stats.kernels == (EVENT, EVENT)
 
 
+def test_the_planner_remembers_each_plan_s_activity() -> None:
+    g, x = small_mlp(2)
+    x = np.concatenate([x] * 2)
+    plan = Plan(cutoffs=(0.7, 0.9), early_decision=True)
+    prog = program(g)
+    prog.activity.pop(plan, None)
+    first = run_compiled(g, x, plan)
+    full = run_compiled(g, x, Plan(cutoffs=plan.cutoffs), kernels="event")  # readout without ED
+    ops = full.stats.layer_synaptic_ops
+    np.testing.assert_allclose(
+        prog.activity[plan], [o / m for o, m in zip(ops, first.stats.layer_dense_macs, strict=True)]
+    )
+    # Later batches decide every layer up front from the profile (so event layers fuse).
+    model = CostModel(min_batch=2)
+    planned = [
+        model.choose("dense", int(prog.steps[st, 1]), int(prog.steps[st, 2]), m, a, len(x))
+        for st, m, a in zip(prog.synaptic_steps, prog.dense_macs, prog.activity[plan], strict=True)
+    ]
+    expected = (*planned[:-1], EVENT)  # the early decision's readout is event-driven
+    again = run_compiled(g, x, plan, cost_model=model)
+    assert again.stats.kernels == expected
+    assert again.stats.layer_synaptic_ops == first.stats.layer_synaptic_ops
+    np.testing.assert_array_equal(again.logits.argmax(1), first.logits.argmax(1))
+
+
 def test_threads_do_not_change_the_answer() -> None:
     g, x = small_mlp(1)
     plan = Plan(cutoffs=(0.8, 0.9), early_decision=True)

@@ -316,5 +316,13 @@ def test_one_sample_at_a_time_equals_the_batch(network: str) -> None:
     assert_spiking(batch)
     for i in range(0, len(x), 7):
         one = run_compiled(graph, x[i : i + 1], plan)
-        np.testing.assert_array_equal(one.logits[0], batch.logits[i])
-        assert one.decision_times[0] == batch.decision_times[i]
+        # A large batch may run a layer on BLAS (planner), a single sample never: float32
+        # rounding apart, the same answer.
+        np.testing.assert_allclose(one.logits[0], batch.logits[i], rtol=1e-5, atol=1e-6)
+        assert one.logits[0].argmax() == batch.logits[i].argmax()
+        np.testing.assert_allclose(one.decision_times[0], batch.decision_times[i], atol=2e-6)
+    forced = run_compiled(graph, x, plan, kernels="event")  # one kernel: bit for bit
+    for i in range(0, len(x), 7):
+        one = run_compiled(graph, x[i : i + 1], plan)
+        np.testing.assert_array_equal(one.logits[0], forced.logits[i])
+        assert one.decision_times[0] == forced.decision_times[i]

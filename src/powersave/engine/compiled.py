@@ -41,6 +41,8 @@ from powersave.plan import FULL, Plan
 
 ENGINE_NAME = "event-compiled"
 
+_SYNAPTIC = (k.K_DENSE, k.K_CONV, k.K_AVGPOOL)
+
 #: Smallest batch split over threads: below it, handing blocks to threads costs more than it saves.
 PARALLEL_MIN_BATCH = 8
 
@@ -88,6 +90,14 @@ class Program:
     _plans: dict[Plan, tuple[np.ndarray, np.ndarray]] = field(
         default_factory=dict, compare=False, repr=False
     )
+    #: Per plan, the share of each synaptic layer's inputs that fired on the last large batch
+    #: (the planner's profile).
+    activity: dict[Plan, tuple[float, ...]] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def synaptic_steps(self) -> tuple[int, ...]:
+        """The step of each synaptic layer, in order."""
+        return tuple(int(i) for i in np.flatnonzero(np.isin(self.steps[:, k.KIND], _SYNAPTIC)))
 
     @property
     def n_classes(self) -> int:
@@ -296,17 +306,18 @@ def run_compiled(
     return result
 
 
+#: Placeholders for the kernel's ``out`` (a run to the readout) and ``rec`` (not recording).
+NO_OUT = np.empty((1, 1), np.float32)
+NO_REC = np.empty((1, 1), np.float32)
+
+
 @dataclass
 class _Buffers:
     logits: np.ndarray  # (N, classes) float64
     decided: np.ndarray  # (N,) decision times
     rec: np.ndarray  # (N, sum of population sizes) spike times before cut-offs, or (1, 1)
     counts: np.ndarray  # (N, Program.n_counts) int64
-
-
-#: Placeholders for the kernel's ``out`` (a run to the readout) and ``rec`` (not recording).
-NO_OUT = np.empty((1, 1), np.float32)
-NO_REC = np.empty((1, 1), np.float32)
+    layer_out: np.ndarray = field(default_factory=lambda: NO_OUT)  # a dense layer's output
 
 
 def _steps(
@@ -335,6 +346,36 @@ def _steps(
         raise AssertionError("the kernel refused inputs that check_batch accepts")  # unreachable
 
 
+def _planned_choices(
+    prog: Program, plan: Plan, n: int, kernels: str, cost_model: CostModel
+) -> list[str] | None:
+    """Every layer's kernel before the run, or ``None`` to decide layer by layer (no profile).
+
+    ``"auto"`` uses the activity this plan showed on the previous large batch
+    (:attr:`Program.activity`); a readout with an early decision is always event-driven.
+    """
+    if kernels == DENSE:
+        choices = [DENSE] * len(prog.layers)
+    else:
+        activity = prog.activity.get(plan)
+        if activity is None:
+            return None
+        choices = [
+            cost_model.choose(
+                prog.kinds[layer],
+                int(prog.steps[st, k.IN_SIZE]),
+                int(prog.steps[st, k.OUT_SIZE]),
+                prog.dense_macs[layer],
+                activity[layer],
+                n,
+            )
+            for layer, st in enumerate(prog.synaptic_steps)
+        ]
+    if plan.early_decision:
+        choices[-1] = EVENT  # the early decision stops mid-window: only the event kernel can
+    return choices
+
+
 def _layered(
     graph: Graph,
     prog: Program,
@@ -348,64 +389,127 @@ def _layered(
     kernels: str,
     cost_model: CostModel,
 ) -> tuple[str, ...]:
-    """Layer by layer, each synaptic layer on the kernel the planner picks for this batch."""
+    """The batch through the network, each synaptic layer on the kernel the planner picks.
+
+    Consecutive steps on the event kernels run as one segment (one call, no population
+    written out in between); a layer on the dense kernel runs on its own. With a known activity
+    profile every choice is made up front, so that event layers fuse; without one (the first
+    large batch of a plan) each layer is decided from the measured activity of its inputs. The
+    batch's activity becomes the plan's profile.
+    """
     n = src.shape[0]
-    n_layers, n_pops = len(prog.layers), len(prog.populations)
     readout = prog.readout
+    choices = _planned_choices(prog, plan, n, kernels, cost_model)
     chosen: list[str] = []
-    cur = np.empty((n, int(prog.steps[0, k.OUT_SIZE])), np.float32)
-    _steps(prog, plan, src, 0, 1, popf, popd, b, record, threads, cur)  # the input population
-    for st in range(1, readout + 1):
-        row = prog.steps[st]
-        kind = row[k.KIND]
-        if kind == k.K_FLATTEN:
-            continue
-        if kind == k.K_MAXPOOL:
-            nxt = np.empty((n, int(row[k.OUT_SIZE])), np.float32)
-            _steps(prog, plan, cur, st, st + 1, popf, popd, b, record, threads, nxt)
-            cur = nxt
-            continue
-        layer = int(row[k.LAYER])
-        fired = np.isfinite(cur)
-        choice = kernels
-        if st == readout and plan.early_decision:
-            choice = EVENT  # the early decision stops mid-window: only the event kernel can
-        elif kernels == "auto":
-            active = float(np.count_nonzero(fired)) / fired.size
-            choice = cost_model.choose(
-                prog.kinds[layer],
-                cur.shape[1],
-                int(row[k.OUT_SIZE]),
-                prog.dense_macs[layer],
-                active,
-                n,
-            )
+    cur = src  # raw inputs before step 0, spike times after
+    pending = 0  # first step of the event segment not yet run
+
+    def flush(stop: int) -> None:
+        nonlocal cur, pending
+        if pending < stop and not all(
+            prog.steps[st, k.KIND] == k.K_FLATTEN for st in range(pending, stop)
+        ):
+            size = int(prog.steps[stop - 1, k.OUT_SIZE])
+            out = np.empty((n, size), np.float32) if stop - 1 != readout else NO_OUT
+            _steps(prog, plan, cur, pending, stop, popf, popd, b, record, threads, out)
+            cur = out
+        pending = stop
+
+    for st in prog.synaptic_steps:
+        layer = int(prog.steps[st, k.LAYER])
+        if choices is not None:
+            choice = choices[layer]
+        else:
+            flush(st)  # the activity entering this layer is measured, not predicted
+            choice = kernels
+            if st == readout and plan.early_decision:
+                choice = EVENT
+            elif kernels == "auto":
+                active = float(np.count_nonzero(np.isfinite(cur))) / cur.size
+                choice = cost_model.choose(
+                    prog.kinds[layer],
+                    cur.shape[1],
+                    int(prog.steps[st, k.OUT_SIZE]),
+                    prog.dense_macs[layer],
+                    active,
+                    n,
+                )
         chosen.append(choice)
         if choice == EVENT:
-            nxt = np.empty((n, int(row[k.OUT_SIZE])), np.float32)
-            _steps(prog, plan, cur, st, st + 1, popf, popd, b, record, threads, nxt)
-            cur = nxt
             continue
-        # The dense kernel: the numpy engine's own arithmetic (decode, BLAS, encode, cut).
-        p_in = int(row[k.POP_IN])
-        a = decode(cur.reshape(n, *prog.shapes[st - 1]), prog.scales[p_in], p_in)
-        fan = prog.costs[layer].fanout.reshape(-1).astype(np.float64)
-        b.counts[:, layer] = fired.astype(np.float64) @ fan  # integers, exact below 2^53
-        z = numpy_ops.synaptic(a.astype(np.float32), graph.nodes[st])  # type: ignore[arg-type]
-        if st == readout:
-            b.logits[:] = z.reshape(n, -1)
-            break
-        p = int(row[k.POP_OUT])
-        scale = prog.scales[p]
-        b.counts[0, n_layers + n_pops + p] += count_saturated(z, scale)
-        fired_times = encode(z, scale, p)
-        times = cut_late_spikes(fired_times, p, plan)
-        b.counts[0, n_layers + p] += int(np.count_nonzero(np.isfinite(times)))
-        if record:
-            off = int(prog.rec_offsets[p])
-            b.rec[:, off : off + prog.neurons[p]] = fired_times.reshape(n, -1)
-        cur = np.ascontiguousarray(times, dtype=np.float32).reshape(n, -1)
+        flush(st)
+        _dense_layer(graph, prog, plan, st, cur, popf, b, record)
+        cur = b.layer_out
+        pending = st + 1
+    flush(readout + 1)
+    _remember_activity(prog, plan, n, b)
     return tuple(chosen)
+
+
+def _dense_layer(
+    graph: Graph,
+    prog: Program,
+    plan: Plan,
+    st: int,
+    cur: np.ndarray,
+    popf: np.ndarray,
+    b: _Buffers,
+    record: bool,
+) -> None:
+    """Step ``st`` on the dense kernel; its (cut) output spike times go to ``b.layer_out``."""
+    n = cur.shape[0]
+    n_layers, n_pops = len(prog.layers), len(prog.populations)
+    row = prog.steps[st]
+    layer = int(row[k.LAYER])
+    node = graph.nodes[st]
+    if isinstance(node, Dense):
+        # Decode in numba, the product in BLAS (the numpy engine's own `a @ W.T`), bias,
+        # encode, cut-off and counts in numba.
+        a = np.empty((n, cur.shape[1]), np.float32)
+        k.decode_batch(cur, row, popf, prog.fanout, a, b.counts)
+        z = a @ node.weight.T
+        nxt = np.empty((n, int(row[k.OUT_SIZE])), np.float32)
+        p = int(row[k.POP_OUT])
+        k.encode_batch(
+            z, row, prog.weights, popf, nxt, b.logits, b.rec, record,
+            int(prog.rec_offsets[p]) if p >= 0 else 0, b.counts, n_layers, n_pops,
+        )  # fmt: skip
+        b.layer_out = nxt
+        return
+    # A convolution or pooling: the numpy engine's own arithmetic (decode, im2col and BLAS,
+    # encode, cut).
+    p_in = int(row[k.POP_IN])
+    fired = np.isfinite(cur)
+    a = decode(cur.reshape(n, *prog.shapes[st - 1]), prog.scales[p_in], p_in)
+    fan = prog.costs[layer].fanout.reshape(-1).astype(np.float64)
+    b.counts[:, layer] += (fired.astype(np.float64) @ fan).astype(np.int64)  # exact below 2^53
+    z = numpy_ops.synaptic(a.astype(np.float32), node)  # type: ignore[arg-type]
+    if st == prog.readout:
+        b.logits[:] = z.reshape(n, -1)
+        b.layer_out = NO_OUT
+        return
+    p = int(row[k.POP_OUT])
+    scale = prog.scales[p]
+    b.counts[0, n_layers + n_pops + p] += count_saturated(z, scale)
+    fired_times = encode(z, scale, p)
+    times = cut_late_spikes(fired_times, p, plan)
+    b.counts[0, n_layers + p] += int(np.count_nonzero(np.isfinite(times)))
+    if record:
+        off = int(prog.rec_offsets[p])
+        b.rec[:, off : off + prog.neurons[p]] = fired_times.reshape(n, -1)
+    b.layer_out = np.ascontiguousarray(times, dtype=np.float32).reshape(n, -1)
+
+
+def _remember_activity(prog: Program, plan: Plan, n: int, b: _Buffers) -> None:
+    """Store the batch's share of active inputs per layer (operations over dense MACs) as the
+    plan's profile; the readout's is that of full processing, early decision or not."""
+    totals = b.counts.sum(axis=0)
+    ops = totals[: len(prog.layers)].astype(np.float64)
+    if plan.early_decision:
+        ops[-1] = totals[len(prog.layers) + 2 * len(prog.populations)]
+    prog.activity[plan] = tuple(
+        float(o) / (n * m) if m else 0.0 for o, m in zip(ops, prog.dense_macs, strict=True)
+    )
 
 
 def stats_from_counts(

@@ -258,24 +258,99 @@ def _avgpool(row, nf, idx, val, z):  # type: ignore[no-untyped-def]
         z[j] = z[j] / area
 
 
+#: Arrivals between two tests of the early decision (see :func:`_early`).
+EARLY_BLOCK = 8
+
+
+@_jit(nogil=True)
+def decode_batch(src, row, popf, fanout, a, counts):  # type: ignore[no-untyped-def]
+    """The dense kernel's first half: intensities ``a`` ``(N, in)`` (0 where silent) of the
+    spike times ``src`` ``(N, in)``, and each sample's synaptic operations (its fired inputs'
+    fan-outs) added to ``counts``. Float32 arithmetic of ``coding.decode``."""
+    n_in, p_in, f_off, layer = row[IN_SIZE], row[POP_IN], row[F_OFF], row[LAYER]
+    scale, end = popf[p_in, P_SCALE], popf[p_in, P_END]
+    fan = fanout[f_off : f_off + n_in]
+    for s in range(src.shape[0]):
+        ops = 0
+        for i in range(n_in):
+            t = src[s, i]
+            fired = t < np.inf
+            a[s, i] = scale * (end - t) if fired else np.float32(0.0)
+            ops += fan[i] if fired else 0
+        counts[s if counts.shape[0] > 1 else 0, layer] += ops
+
+
+@_jit(nogil=True)
+def encode_batch(
+    z, row, weights, popf, out, logits, rec, record, rec_off, counts, n_layers, n_pops
+):  # type: ignore[no-untyped-def]
+    """The dense kernel's second half: add the bias to ``z`` ``(N, out)`` (``a @ W.T``) and
+    encode the potentials into the (cut) spike times ``out``, counting spikes and saturated
+    neurons, or, for the readout, write them to ``logits``. Float32 arithmetic of ``ops.dense``
+    (bias added after the product) and :func:`_encode`."""
+    n_out, b_off, p_out = row[OUT_SIZE], row[B_OFF], row[POP_OUT]
+    bias = weights[b_off : b_off + n_out]
+    never = np.float32(np.inf)
+    if p_out < 0:
+        for s in range(z.shape[0]):
+            for j in range(n_out):
+                logits[s, j] = z[s, j] + bias[j]
+        return
+    scale, end = popf[p_out, P_SCALE], popf[p_out, P_END]
+    threshold, cut = popf[p_out, P_SAT], popf[p_out, P_CUT]
+    for s in range(z.shape[0]):
+        sent = 0
+        saturated = 0
+        for j in range(n_out):
+            v = z[s, j] + bias[j]
+            t = end - min(v, scale) / scale
+            pre = t if (v > 0) & (t < end) else never
+            post = pre if pre <= cut else never
+            out[s, j] = post
+            sent += post < never
+            saturated += v > threshold
+            if record:
+                rec[s, rec_off + j] = pre
+        c = s if counts.shape[0] > 1 else 0
+        counts[c, n_layers + p_out] += sent
+        counts[c, n_layers + n_pops + p_out] += saturated
+
+
 @_jit()
 def _minpool(row, cur, nxt):  # type: ignore[no-untyped-def]
-    """Max pooling in the time code: the first spike of each pool wins; padding never fires."""
+    """Max pooling in the time code: the first spike of each pool wins; padding never fires.
+
+    The common 2 × 2 pool of stride 2 has its own loop: window sizes known only at run time
+    cost 6x more here (loops of two iterations do not unroll).
+    """
     h, w, n_c = row[H_IN], row[W_IN], row[C_IN]
     ho, wo, kh, kw = row[H_OUT], row[W_OUT], row[KH], row[KW]
     sh, sw, ph, pw = row[SH], row[SW], row[PH], row[PW]
+    never = np.float32(np.inf)
+    if kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0:
+        for c in range(n_c):
+            for oy in range(ho):
+                top = (c * h + 2 * oy) * w
+                out = (c * ho + oy) * wo
+                for ox in range(wo):
+                    b = top + 2 * ox
+                    u = min(cur[b], cur[b + 1])
+                    d = min(cur[b + w], cur[b + w + 1])
+                    nxt[out + ox] = min(u, d)
+        return
     for c in range(n_c):
         for oy in range(ho):
+            y_lo = max(oy * sh - ph, 0)
+            y_hi = min(oy * sh - ph + kh, h)
             for ox in range(wo):
-                m = np.float32(np.inf)
-                for ky in range(kh):
-                    y = oy * sh - ph + ky
-                    if y < 0 or y >= h:
-                        continue
-                    for kx in range(kw):
-                        x = ox * sw - pw + kx
-                        if 0 <= x < w:
-                            m = min(m, cur[(c * h + y) * w + x])
+                x_lo = max(ox * sw - pw, 0)
+                x_hi = min(ox * sw - pw + kw, w)
+                m = never
+                for y in range(y_lo, y_hi):
+                    line = (c * h + y) * w
+                    for x in range(x_lo, x_hi):
+                        v = cur[line + x]
+                        m = v if v < m else m
                 nxt[(c * ho + oy) * wo + ox] = m
 
 
@@ -300,26 +375,28 @@ def _arrival_order(cur, nf, idx, window, keys):  # type: ignore[no-untyped-def]
     do, so the low 32 bits of a sorted key are the position. A counting sort into time buckets
     (stable, and monotone in time) leaves only a few keys out of place, which an insertion sort
     fixes: about 2x the number of spikes in comparisons, against quicksort's mispredicted
-    branches (4 µs for 120 spikes). ``keys`` holds ``2 * nf`` int64 (the second half scratch).
+    branches (4 µs for 120 spikes). ``keys`` holds ``4 nf + 65`` int64 or more (scratch after
+    the first ``nf``).
     """
     n_buckets = 64
     while n_buckets < nf:
         n_buckets *= 2
-    starts = np.zeros(n_buckets + 1, np.int64)
+    starts = keys[2 * nf : 2 * nf + n_buckets + 1]
+    for b in range(n_buckets + 1):
+        starts[b] = 0
     bits = cur.view(np.int32)
-    tmp = keys[nf : 2 * nf]
+    bucket = keys[nf : 2 * nf]
+    lo = np.float32(window)
     for k in range(nf):
-        t = cur[idx[k]]
-        bucket = min(max(int((t - np.float32(window)) * n_buckets), 0), n_buckets - 1)
-        tmp[k] = (np.int64(bits[idx[k]]) << 32) | k
-        starts[bucket + 1] += 1
+        b = min(max(np.int64((cur[idx[k]] - lo) * n_buckets), 0), n_buckets - 1)
+        bucket[k] = b
+        starts[b + 1] += 1
     for b in range(n_buckets):
         starts[b + 1] += starts[b]
     for k in range(nf):
-        t = cur[idx[k]]
-        bucket = min(max(int((t - np.float32(window)) * n_buckets), 0), n_buckets - 1)
-        keys[starts[bucket]] = tmp[k]
-        starts[bucket] += 1
+        b = bucket[k]
+        keys[starts[b]] = (np.int64(bits[idx[k]]) << 32) | k
+        starts[b] += 1
     for k in range(1, nf):  # insertion sort: only keys within a bucket move
         key = keys[k]
         m = k - 1
@@ -327,6 +404,35 @@ def _arrival_order(cur, nf, idx, window, keys):  # type: ignore[no-untyped-def]
             keys[m + 1] = keys[m]
             m -= 1
         keys[m + 1] = key
+
+
+@_jit()
+def _certain(pot, arrived, magnitude, total_pos, n_cls, leader, keep, a_now, rounding):  # type: ignore[no-untyped-def]
+    """Whether ``leader`` beats every rival whatever the unarrived inputs do (see _early).
+
+    Every rival is tested, branch-free: a vectorised pass beats an early exit at C = 10.
+    """
+    best = pot[leader]
+    m_l = magnitude[leader]
+    fails = 0
+    for r in range(n_cls):
+        lead = best - pot[r]
+        bound = keep * a_now * (total_pos[leader, r] - arrived[r])
+        tolerance = rounding * (m_l + magnitude[r])
+        fails += (not lead > bound + tolerance) & (r != leader)
+    return fails == 0
+
+
+@_jit()
+def _leader(pot, n_cls):  # type: ignore[no-untyped-def]
+    """``argmax(pot[:n_cls])``, the first of equals (numpy's argmax)."""
+    leader = 0
+    best = pot[0]
+    for j in range(1, n_cls):
+        if pot[j] > best:
+            best = pot[j]
+            leader = j
+    return leader
 
 
 @_jit()
@@ -343,7 +449,15 @@ def _early(  # type: ignore[no-untyped-def]
     current leader's row is ever read, so this keeps that one row, summed in the same order, and
     rebuilds it when the lead changes hands (rarely): the same numbers, C times less work.
 
-    ``keys`` (int64), ``work`` (``(3, C)`` float64) and ``z`` (float32) are scratch. Writes the
+    Testing at every arrival costs more than the arrival itself, so with ``margin = 0`` the test
+    runs every :data:`EARLY_BLOCK` arrivals, and when it passes the block is replayed from a
+    snapshot, testing at each arrival, to find the first that passes. That finds the same
+    arrival because certainty, once reached, persists: each later arrival ``i`` can cut a lead
+    by at most ``a_i * max(0, w_ir - w_il)``, exactly what it removes from the bound (the
+    intensities fall and the tolerance is constant). With ``margin > 0`` the bound shrinks by
+    less than that, certainty can come and go, and every arrival is tested.
+
+    ``keys`` (int64), ``work`` (``(5, C)`` float64) and ``z`` (float32) are scratch. Writes the
     potentials at the decision into ``work[0]`` (float64), or, for a sample never certain, the
     full pass's float32 potentials (the event kernel's scatter over the same spikes, what a run
     without the early decision computes); returns (operations used, decision time).
@@ -352,8 +466,10 @@ def _early(  # type: ignore[no-untyped-def]
     w_off, b_off = row[W_OFF], row[B_OFF]
     fan = fanout[row[F_OFF] :]
     pot = work[0]
-    arrived = work[1]  # sum over arrived inputs of max(0, w_ir - w_i,leader)
+    arrived = work[1]  # sum over arrived inputs of max(0, w_ir - w_i,kept)
     magnitude = work[2]
+    snap_pot = work[3]
+    snap_arrived = work[4]
     # Float32 rounding bound of the full pass, as in event._early_decision: (H + 1) * 2**-23
     # times |b| + A * sum_i |w_i|, for the leader and the rival.
     rounding = (row[IN_SIZE] + 1) * 2.0**-23
@@ -362,51 +478,75 @@ def _early(  # type: ignore[no-untyped-def]
         pot[j] = np.float64(weights[b_off + j])
         arrived[j] = 0.0
         magnitude[j] = abs(pot[j]) + scale64 * total_pos[n_cls, j]
+    keep = 1.0 - margin
+    block = EARLY_BLOCK if margin == 0.0 else 1
     a_now = scale64
     used = 0
     kept = 0  # the leader whose row `arrived` holds
     k = 0
-    keep = 1.0 - margin
-    while True:
-        leader = 0
-        best = pot[0]
-        for j in range(1, n_cls):
-            if pot[j] > best:
-                best = pot[j]
-                leader = j
+    while True:  # test, then advance a block of arrivals without testing
+        leader = _leader(pot, n_cls)
         if leader != kept:
             _leader_row(weights, w_off, n_cls, idx, keys, k, leader, arrived)
             kept = leader
-        # Every rival tested, branch-free (a vectorised pass beats an early exit at C = 10).
-        m_l = magnitude[leader]
-        fails = 0
-        for r in range(n_cls):
-            lead = best - pot[r]
-            bound = keep * a_now * (total_pos[leader, r] - arrived[r])
-            tolerance = rounding * (m_l + magnitude[r])
-            fails += (not lead > bound + tolerance) & (r != leader)
-        certain = fails == 0
-        if certain:
-            if k == 0:
-                return used, np.float64(window)
-            return used, np.float64(cur[idx[keys[k - 1] & 0xFFFFFFFF]])
+        if _certain(pot, arrived, magnitude, total_pos, n_cls, leader, keep, a_now, rounding):
+            break
         if k == nf:  # never certain: the whole window, the full pass's answer
             _dense(row, weights, nf, idx, val, z)
             for j in range(n_cls):
                 pot[j] = z[j]
             return used, np.float64(window + 1.0)
-        o = keys[k] & 0xFFFFFFFF
-        i = idx[o]
-        v = np.float64(val[o])
-        base = w_off + i * n_cls
-        w_l = np.float64(weights[base + leader])
+        snap_k, snap_a, snap_used, snap_kept = k, a_now, used, kept
         for j in range(n_cls):
-            w = np.float64(weights[base + j])
-            pot[j] += w * v
-            arrived[j] += max(w - w_l, 0.0)
-        used += fan[i]
-        a_now = v
-        k += 1
+            snap_pot[j] = pot[j]
+            snap_arrived[j] = arrived[j]
+        stop = min(k + block, nf)
+        while k < stop:
+            o = keys[k] & 0xFFFFFFFF
+            i = idx[o]
+            v = np.float64(val[o])
+            base = w_off + i * n_cls
+            w_l = np.float64(weights[base + kept])
+            for j in range(n_cls):
+                w = np.float64(weights[base + j])
+                pot[j] += w * v
+                arrived[j] += max(w - w_l, 0.0)
+            used += fan[i]
+            a_now = v
+            k += 1
+    if k > 0 and k - snap_k > 1:  # replay the block: the first certain arrival may be earlier
+        last = k
+        k, a_now, used, kept = snap_k, snap_a, snap_used, snap_kept
+        for j in range(n_cls):
+            pot[j] = snap_pot[j]
+            arrived[j] = snap_arrived[j]
+        while True:
+            leader = _leader(pot, n_cls)
+            if leader != kept:
+                _leader_row(weights, w_off, n_cls, idx, keys, k, leader, arrived)
+                kept = leader
+            if k > snap_k and (
+                k == last
+                or _certain(
+                    pot, arrived, magnitude, total_pos, n_cls, leader, keep, a_now, rounding
+                )
+            ):
+                break
+            o = keys[k] & 0xFFFFFFFF
+            i = idx[o]
+            v = np.float64(val[o])
+            base = w_off + i * n_cls
+            w_l = np.float64(weights[base + kept])
+            for j in range(n_cls):
+                w = np.float64(weights[base + j])
+                pot[j] += w * v
+                arrived[j] += max(w - w_l, 0.0)
+            used += fan[i]
+            a_now = v
+            k += 1
+    if k == 0:
+        return used, np.float64(window)
+    return used, np.float64(cur[idx[keys[k - 1] & 0xFFFFFFFF]])
 
 
 @_jit()
@@ -417,8 +557,8 @@ def _sample(  # type: ignore[no-untyped-def]
 ):  # fmt: skip
     """Run sample ``s`` through steps ``[start, stop)``; see :func:`run_steps` for the arguments.
 
-    ``buf`` ``(5, max_size)`` float32, ``idx`` ``(max_size,)`` and ``keys`` ``(2 max_size,)``
-    int64, ``work`` ``(3, C)`` float64 are scratch, allocated once per batch.
+    ``buf`` ``(5, max_size)`` float32, ``idx`` ``(max_size,)`` and ``keys`` ``(4 max_size + 65,)``
+    int64, ``work`` ``(5, C)`` float64 are scratch, allocated once per batch.
     """
     c = s if counts.shape[0] > 1 else 0  # one row of counters: the samples add up in it
     cur = buf[0]
@@ -427,8 +567,9 @@ def _sample(  # type: ignore[no-untyped-def]
     acc = buf[3]
     val = buf[4]
     size = steps[start, IN_SIZE]
-    for i in range(size):
-        cur[i] = src[s, i]
+    if start > 0:  # spike times of a population (step 0 encodes the raw inputs in place)
+        for i in range(size):
+            cur[i] = src[s, i]
     for st in range(start, stop):
         row = steps[st]
         kind = row[KIND]
@@ -442,11 +583,12 @@ def _sample(  # type: ignore[no-untyped-def]
         p_out = row[POP_OUT]
         if kind == K_INPUT:  # ON/OFF split (ON first) and encode
             n_in = row[IN_SIZE]
-            sent, clipped = _encode(cur, n_in, 0, popf, nxt, rec, s, 0, record, 1)
+            raw = src[s]
+            sent, clipped = _encode(raw, n_in, 0, popf, nxt, rec, s, 0, record, 1)
             counts[c, n_layers] += sent
             counts[c, n_layers + n_pops] += clipped
             if row[FLAG]:
-                sent, clipped = _encode(cur, n_in, 0, popf, nxt[n_in:], rec, s, n_in, record, -1)
+                sent, clipped = _encode(raw, n_in, 0, popf, nxt[n_in:], rec, s, n_in, record, -1)
                 counts[c, n_layers] += sent
                 counts[c, n_layers + n_pops] += clipped
             cur, nxt = nxt, cur
@@ -511,8 +653,8 @@ def _run(  # type: ignore[no-untyped-def]
         clipped = 0
     buf = np.empty((5, max_size), np.float32)
     idx = np.empty(max_size, np.int64)
-    keys = np.empty(2 * max_size, np.int64)
-    work = np.empty((3, logits.shape[1]), np.float64)
+    keys = np.empty(4 * max_size + 65, np.int64)
+    work = np.empty((5, logits.shape[1]), np.float64)
     for s in range(src.shape[0]):
         _sample(
             s, src, start, stop, steps, weights, fanout, popf, popd, rec_offsets, total_pos,

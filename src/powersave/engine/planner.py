@@ -8,12 +8,13 @@ the fraction of the layer's input neurons that fire, known before the layer runs
 Per sample, with ``f`` the fraction of the ``n_in`` input neurons that fire, ``M`` the layer's
 dense multiply-accumulates and ``n_out`` its neurons::
 
-    event ≈ scan · n_in + op[kind] · f · M + out · n_out
+    event ≈ scan · n_in + op[kind] · f · M + out · n_out + fixed
     dense ≈ mac[kind] · M + elem · (n_in + n_out)          (+ call overhead / batch)
 
 ``op`` is the time of one synaptic operation of the event kernel (a scattered multiply-add: one
-weight read, one accumulate), ``mac`` that of one multiply-accumulate of the BLAS kernel at large
-batch, ``elem`` the numpy element passes around it (decode the inputs, encode the outputs).
+weight read, one accumulate), ``fixed`` its per-sample set-up, ``mac`` that of one
+multiply-accumulate of the BLAS kernel at large batch, ``elem`` the passes around it (decode the
+inputs, encode the outputs: numba for a Dense layer, numpy for a convolution).
 Dense is worth it only when most inputs fire and the batch is large enough for BLAS to run at
 speed; at small batches the compiled engine runs the whole network in one call, event only.
 
@@ -39,26 +40,28 @@ class CostModel:
         mac: dense kernel, per multiply-accumulate at large batch, by layer kind.
         scan: event kernel, per input neuron (finding the ones that fired, decoding them).
         out: event kernel, per output neuron (bias, encoding).
+        fixed: event kernel, per sample and layer (scratch, copies) when run layer by layer.
         elem: dense path, per input and output neuron (numpy decode, encode, counting).
         call: dense path, fixed overhead of one layer call (spread over the batch).
         min_batch: below this batch size every layer runs event-driven, in one fused call.
     """
 
     op: dict[str, float] = field(
-        default_factory=lambda: {"dense": 0.10, "conv": 0.20, "avgpool": 0.5}
+        default_factory=lambda: {"dense": 0.14, "conv": 0.3, "avgpool": 1.0}
     )
     mac: dict[str, float] = field(
-        default_factory=lambda: {"dense": 0.045, "conv": 0.12, "avgpool": 1.0}
+        default_factory=lambda: {"dense": 0.03, "conv": 0.6, "avgpool": 1.0}
     )
-    scan: float = 0.5
+    scan: float = 1.0
     out: float = 1.0
-    elem: float = 10.0
-    call: float = 30_000.0
+    fixed: float = 800.0
+    elem: float = 1.2
+    call: float = 20_000.0
     min_batch: int = 32
 
     def event_ns(self, kind: str, n_in: int, n_out: int, macs: int, active: float) -> float:
         """Estimated time of the event kernel for one sample."""
-        return self.scan * n_in + self.op[kind] * active * macs + self.out * n_out
+        return self.scan * n_in + self.op[kind] * active * macs + self.out * n_out + self.fixed
 
     def dense_ns(self, kind: str, n_in: int, n_out: int, macs: int, batch: int) -> float:
         """Estimated time of the dense kernel for one sample of a batch of ``batch``."""
