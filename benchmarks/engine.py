@@ -10,8 +10,10 @@ calibration split) and calibrates their modes; then measures, on the test split:
 - per-sample latency at batch 1 and per-sample time (throughput) at batch 256, with 1 and with 2
   threads, as the median over repeats with the min and max;
 - engines: PyTorch eager dense, the project's own numpy dense pass (``engine.dense.forward``),
-  the numpy event engine (``run_events``), the compiled event engine (``run_compiled``) in
-  ``full``, ``balanced`` and ``saver``;
+  the numpy event engine (``run_events``), the compiled event engine in ``full``, ``balanced``
+  and ``saver``, timed through ``Network.session(mode).predict`` (the serving path: set-up
+  once, then the kernels; the planner's choices at batch 256) with operations counted by
+  ``run_compiled``;
 - for each: accuracy, synaptic operations per sample (dense MACs for the dense engines), the
   kernels the planner chose, and the peak RSS of a fresh process that ran only that engine;
 - cold start of a saved network (import, load, first inference) with a warm kernel cache, in a
@@ -134,8 +136,9 @@ def _set_threads(threads: int) -> Any:
     return limits
 
 
-def _engine_function(kind: str, name: str, net: Any, mode: str) -> Any:
-    """A function ``x -> (predictions, synaptic operations)`` for one engine and mode."""
+def _engine_function(kind: str, name: str, net: Any, mode: str) -> tuple[Any, Any]:
+    """Two functions for one engine and mode: ``timed(x) -> predictions`` (what is timed) and
+    ``count(x) -> (predictions, synaptic operations)`` (accuracy and operations, untimed)."""
     graph = net.graph
     if kind == "torch":
         import safetensors.torch
@@ -147,39 +150,47 @@ def _engine_function(kind: str, name: str, net: Any, mode: str) -> Any:
         model.load_state_dict(safetensors.torch.load_file(str(_paths(OUT, name)[1])))
         model.eval()
 
-        def run_torch(x: np.ndarray) -> tuple[np.ndarray, float]:
+        def run_torch(x: np.ndarray) -> np.ndarray:
             with torch.inference_mode():
-                return model(torch.from_numpy(x)).argmax(1).numpy(), float("nan")
+                return model(torch.from_numpy(x)).argmax(1).numpy()
 
-        return run_torch
+        return run_torch, lambda x: (run_torch(x), float("nan"))
     if kind == "numpy-dense":
         from powersave.engine import dense
 
-        def run_dense(x: np.ndarray) -> tuple[np.ndarray, float]:
-            return dense.forward(graph, x).logits.argmax(1), float("nan")
+        def run_dense(x: np.ndarray) -> np.ndarray:
+            return dense.forward(graph, x).logits.argmax(1)
 
-        return run_dense
+        return run_dense, lambda x: (run_dense(x), float("nan"))
     from powersave.engine.event import graph_costs, run_events
 
     costs = graph_costs(graph)
     plan = net.plan(mode)
     if kind == "numpy-event":
-        engine = run_events
-    else:
-        from powersave.engine.compiled import run_compiled as engine
 
-    def run_event(x: np.ndarray) -> tuple[np.ndarray, float]:
-        result = engine(graph, x, plan, costs=costs, baselines=False)
+        def run_numpy(x: np.ndarray) -> np.ndarray:
+            return run_events(graph, x, plan, costs=costs, baselines=False).logits.argmax(1)
+
+        def count_numpy(x: np.ndarray) -> tuple[np.ndarray, float]:
+            result = run_events(graph, x, plan, costs=costs, baselines=False)
+            return result.logits.argmax(1), float(result.stats.synaptic_ops)
+
+        return run_numpy, count_numpy
+    # The compiled engine is timed through the serving API, a Session (set-up done once); the
+    # operations are counted by run_compiled, whose planner then knows the plan's activity.
+    from powersave.engine.compiled import run_compiled
+
+    session = net.session(mode, engine="compiled")
+
+    def count_compiled(x: np.ndarray) -> tuple[np.ndarray, float]:
+        result = run_compiled(graph, x, plan, costs=costs, baselines=False)
         return result.logits.argmax(1), float(result.stats.synaptic_ops)
 
-    run_event.kernels = {}  # type: ignore[attr-defined]
-    if kind == "compiled":
+    def kernels(x: np.ndarray) -> list[str]:
+        return list(run_compiled(graph, x, plan, costs=costs, baselines=False).stats.kernels)
 
-        def kernels(x: np.ndarray) -> list[str]:
-            return list(engine(graph, x, plan, costs=costs, baselines=False).stats.kernels)
-
-        run_event.kernels = kernels  # type: ignore[attr-defined]
-    return run_event
+    count_compiled.kernels = kernels  # type: ignore[attr-defined]
+    return session.predict, count_compiled
 
 
 def _times(fn: Any, batches: list[np.ndarray], repeats: int) -> dict[str, float]:
@@ -218,19 +229,19 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     throughput = [x[i : i + batch] for i in range(0, spec["throughput_batches"] * batch, batch)]
     results = {}
     for mode in spec["modes"]:
-        fn = _engine_function(kind, name, net, mode)
+        fn, count = _engine_function(kind, name, net, mode)
         record: dict[str, Any] = {}
         predictions, ops = [], 0.0
         for i in range(0, len(x), batch):  # accuracy and operations on the whole test split
-            p, o = fn(x[i : i + batch])
+            p, o = count(x[i : i + batch])
             predictions.append(p)
             ops += o
         record["accuracy"] = float(np.mean(np.concatenate(predictions) == y))
         record["synaptic_ops_per_sample"] = ops / len(x) if ops == ops else None
-        if getattr(fn, "kernels", None):
+        if getattr(count, "kernels", None):
             record["kernels"] = {
-                "batch_1": fn.kernels(x[:1]),
-                f"batch_{batch}": fn.kernels(x[:batch]),
+                "batch_1": count.kernels(x[:1]),
+                f"batch_{batch}": count.kernels(x[:batch]),
             }
         for threads in spec["threads"]:
             limits = _set_threads(threads)
@@ -259,12 +270,11 @@ start = time.perf_counter()
 import json, resource, sys
 import numpy as np
 import powersave
-from powersave.engine.compiled import run_compiled
 imported = time.perf_counter()
 net = powersave.load(sys.argv[1])
 loaded = time.perf_counter()
 x = np.load(sys.argv[2])
-run_compiled(net.graph, net.check_inputs(x), net.plan("balanced"), baselines=False)
+net.session("balanced").predict(x)
 first = time.perf_counter()
 print(json.dumps({
     "import_s": imported - start,

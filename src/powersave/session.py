@@ -74,7 +74,7 @@ class Session:
         steps = prog.steps
         self._head = (0, len(steps), steps, prog.weights, prog.fanout, popf, popd)
         self._tail = (
-            prog.rec_offsets, prog.total_pos, self.plan.early_decision, self.plan.margin,
+            prog.rec_offsets, prog.readout_table, self.plan.early_decision, self.plan.margin,
             prog.max_size, compiled.NO_OUT,
         )  # fmt: skip
         self._layers = (len(prog.layers), len(prog.populations))

@@ -55,8 +55,10 @@ class Program:
         steps: ``(S, kernels.N_COLUMNS)`` int64, one row per node (see :mod:`kernels`).
         weights: float32, every layer's weights (scatter layout) and biases, end to end.
         fanout: int64, every layer's fan-out map, flattened in C order, end to end.
-        total_pos: ``(C + 1, C)`` float64: rows ``l < C`` are ``sum_i max(0, w_ir - w_il)`` of a
-            Dense readout, row ``C`` is ``sum_i |w_ic|``.
+        readout_table: ``(C + 1 + H, C')`` float64 for a Dense readout of ``H`` inputs: rows
+            ``l < C`` are ``sum_i max(0, w_ir - w_il)``, row ``C`` is ``sum_i |w_ic|``, rows
+            ``C + 1 + i`` are ``W^T[i]``; ``C'`` is ``C`` rounded up to a multiple of 4, the
+            extra columns zero.
         rec_offsets: ``(P,)`` column of each population in a recording buffer of ``rec_size``.
         max_size: the largest population or potential buffer a sample needs.
         shapes: per step, the per-sample shape it produces.
@@ -71,7 +73,7 @@ class Program:
     steps: np.ndarray
     weights: np.ndarray
     fanout: np.ndarray
-    total_pos: np.ndarray
+    readout_table: np.ndarray
     rec_offsets: np.ndarray
     rec_size: int
     max_size: int
@@ -151,7 +153,7 @@ def _build(graph: Graph, costs: tuple[SynapticCost, ...]) -> Program:
     layer = 0
     pop = 0
     readout = graph.readout_index
-    total_pos = np.zeros((1, 1))
+    readout_table = np.zeros((1, 1))
     for i, node in enumerate(graph.nodes):
         row = np.zeros(k.N_COLUMNS, np.int64)
         out_shape = graph.shapes[i]
@@ -185,12 +187,20 @@ def _build(graph: Graph, costs: tuple[SynapticCost, ...]) -> Program:
                 w64 = node.weight.T.astype(np.float64)
                 # The same expressions as event._early_decision, so the bound is bit-identical.
                 # Row C holds sum_i |w_ic|, the magnitude that sizes the rounding tolerance.
-                total_pos = np.vstack(
+                head = np.vstack(
                     [
                         np.maximum(w64[:, None, :] - w64[:, :, None], 0.0).sum(axis=0),
                         np.abs(w64).sum(axis=0)[None, :],
                     ]
                 )
+                # Then W^T itself in float64, columns padded to a multiple of 4 (one AVX2
+                # vector) with zeros: the early decision's per-spike update runs without a
+                # remainder loop or a float32 → float64 conversion.
+                c = w64.shape[1]
+                padded = -(-c // 4) * 4
+                readout_table = np.zeros((c + 1 + w64.shape[0], padded))
+                readout_table[: c + 1, :c] = head
+                readout_table[c + 1 :, :c] = w64
         elif isinstance(node, Conv):
             row[k.KIND] = k.K_CONV
             row[k.KH], row[k.KW] = node.kernel
@@ -224,7 +234,7 @@ def _build(graph: Graph, costs: tuple[SynapticCost, ...]) -> Program:
         steps=table,
         weights=np.concatenate(weights).astype(np.float32) if weights else np.zeros(1, "f4"),
         fanout=np.concatenate(fanouts),
-        total_pos=np.ascontiguousarray(total_pos),
+        readout_table=np.ascontiguousarray(readout_table),
         rec_offsets=offsets,
         rec_size=int(sum(sizes)),
         max_size=max_size,
@@ -335,7 +345,7 @@ def _steps(
 ) -> None:
     bad, _ = k.run_steps(
         src, start, stop, prog.steps, prog.weights, prog.fanout, popf, popd, prog.rec_offsets,
-        prog.total_pos, plan.early_decision, plan.margin, prog.max_size, out, b.logits,
+        prog.readout_table, plan.early_decision, plan.margin, prog.max_size, out, b.logits,
         b.decided, b.rec, record, b.counts, len(prog.layers), len(prog.populations), threads,
     )  # fmt: skip
     if bad:  # nothing ran: the inputs hold NaN, infinities or (unsigned input) negative values

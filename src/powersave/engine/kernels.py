@@ -355,15 +355,15 @@ def _minpool(row, cur, nxt):  # type: ignore[no-untyped-def]
 
 
 @_jit()
-def _leader_row(weights, w_off, n_cls, idx, keys, k, leader, row_out):  # type: ignore[no-untyped-def]
+def _leader_row(table, n_cls, idx, keys, k, leader, row_out):  # type: ignore[no-untyped-def]
     """``sum_{m < k} max(0, w_r - w_leader)`` over the first ``k`` arrivals, in arrival order."""
     for r in range(n_cls):
         row_out[r] = 0.0
     for m in range(k):
-        base = w_off + idx[keys[m] & 0xFFFFFFFF] * n_cls
-        w_l = np.float64(weights[base + leader])
+        w = table[n_cls + 1 + idx[keys[m] & 0xFFFFFFFF]]
+        w_l = w[leader]
         for r in range(n_cls):
-            row_out[r] += max(np.float64(weights[base + r]) - w_l, 0.0)
+            row_out[r] += max(w[r] - w_l, 0.0)
 
 
 @_jit()
@@ -407,7 +407,7 @@ def _arrival_order(cur, nf, idx, window, keys):  # type: ignore[no-untyped-def]
 
 
 @_jit()
-def _certain(pot, arrived, magnitude, total_pos, n_cls, leader, keep, a_now, rounding):  # type: ignore[no-untyped-def]
+def _certain(pot, arrived, magnitude, readout_table, n_cls, leader, keep, a_now, rounding):  # type: ignore[no-untyped-def]
     """Whether ``leader`` beats every rival whatever the unarrived inputs do (see _early).
 
     Every rival is tested, branch-free: a vectorised pass beats an early exit at C = 10.
@@ -417,7 +417,7 @@ def _certain(pot, arrived, magnitude, total_pos, n_cls, leader, keep, a_now, rou
     fails = 0
     for r in range(n_cls):
         lead = best - pot[r]
-        bound = keep * a_now * (total_pos[leader, r] - arrived[r])
+        bound = keep * a_now * (readout_table[leader, r] - arrived[r])
         tolerance = rounding * (m_l + magnitude[r])
         fails += (not lead > bound + tolerance) & (r != leader)
     return fails == 0
@@ -437,7 +437,7 @@ def _leader(pot, n_cls):  # type: ignore[no-untyped-def]
 
 @_jit()
 def _early(  # type: ignore[no-untyped-def]
-    row, weights, fanout, cur, nf, idx, val, scale64, window, margin, total_pos, keys, work, z
+    row, weights, fanout, cur, nf, idx, val, scale64, window, margin, readout_table, keys, work, z
 ):  # fmt: skip
     """Certified early decision of a Dense readout, as ``event._early_decision`` for one sample.
 
@@ -457,13 +457,14 @@ def _early(  # type: ignore[no-untyped-def]
     intensities fall and the tolerance is constant). With ``margin > 0`` the bound shrinks by
     less than that, certainty can come and go, and every arrival is tested.
 
-    ``keys`` (int64), ``work`` (``(5, C)`` float64) and ``z`` (float32) are scratch. Writes the
+    ``keys`` (int64), ``work`` (``(5, C')`` float64) and ``z`` (float32) are scratch. Writes the
     potentials at the decision into ``work[0]`` (float64), or, for a sample never certain, the
     full pass's float32 potentials (the event kernel's scatter over the same spikes, what a run
     without the early decision computes); returns (operations used, decision time).
     """
     n_cls = row[OUT_SIZE]
-    w_off, b_off = row[W_OFF], row[B_OFF]
+    width = readout_table.shape[1]  # n_cls padded (zero weights)
+    b_off = row[B_OFF]
     fan = fanout[row[F_OFF] :]
     pot = work[0]
     arrived = work[1]  # sum over arrived inputs of max(0, w_ir - w_i,kept)
@@ -474,10 +475,10 @@ def _early(  # type: ignore[no-untyped-def]
     # times |b| + A * sum_i |w_i|, for the leader and the rival.
     rounding = (row[IN_SIZE] + 1) * 2.0**-23
     _arrival_order(cur, nf, idx, window, keys)
-    for j in range(n_cls):
-        pot[j] = np.float64(weights[b_off + j])
+    for j in range(width):
+        pot[j] = np.float64(weights[b_off + j]) if j < n_cls else 0.0
         arrived[j] = 0.0
-        magnitude[j] = abs(pot[j]) + scale64 * total_pos[n_cls, j]
+        magnitude[j] = abs(pot[j]) + scale64 * readout_table[n_cls, j]
     keep = 1.0 - margin
     block = EARLY_BLOCK if margin == 0.0 else 1
     a_now = scale64
@@ -487,9 +488,9 @@ def _early(  # type: ignore[no-untyped-def]
     while True:  # test, then advance a block of arrivals without testing
         leader = _leader(pot, n_cls)
         if leader != kept:
-            _leader_row(weights, w_off, n_cls, idx, keys, k, leader, arrived)
+            _leader_row(readout_table, n_cls, idx, keys, k, leader, arrived)
             kept = leader
-        if _certain(pot, arrived, magnitude, total_pos, n_cls, leader, keep, a_now, rounding):
+        if _certain(pot, arrived, magnitude, readout_table, n_cls, leader, keep, a_now, rounding):
             break
         if k == nf:  # never certain: the whole window, the full pass's answer
             _dense(row, weights, nf, idx, val, z)
@@ -497,7 +498,7 @@ def _early(  # type: ignore[no-untyped-def]
                 pot[j] = z[j]
             return used, np.float64(window + 1.0)
         snap_k, snap_a, snap_used, snap_kept = k, a_now, used, kept
-        for j in range(n_cls):
+        for j in range(width):
             snap_pot[j] = pot[j]
             snap_arrived[j] = arrived[j]
         stop = min(k + block, nf)
@@ -505,42 +506,40 @@ def _early(  # type: ignore[no-untyped-def]
             o = keys[k] & 0xFFFFFFFF
             i = idx[o]
             v = np.float64(val[o])
-            base = w_off + i * n_cls
-            w_l = np.float64(weights[base + kept])
-            for j in range(n_cls):
-                w = np.float64(weights[base + j])
-                pot[j] += w * v
-                arrived[j] += max(w - w_l, 0.0)
+            w = readout_table[n_cls + 1 + i]
+            w_l = w[kept]
+            for j in range(width):
+                pot[j] += w[j] * v
+                arrived[j] += max(w[j] - w_l, 0.0)
             used += fan[i]
             a_now = v
             k += 1
     if k > 0 and k - snap_k > 1:  # replay the block: the first certain arrival may be earlier
         last = k
         k, a_now, used, kept = snap_k, snap_a, snap_used, snap_kept
-        for j in range(n_cls):
+        for j in range(width):
             pot[j] = snap_pot[j]
             arrived[j] = snap_arrived[j]
         while True:
             leader = _leader(pot, n_cls)
             if leader != kept:
-                _leader_row(weights, w_off, n_cls, idx, keys, k, leader, arrived)
+                _leader_row(readout_table, n_cls, idx, keys, k, leader, arrived)
                 kept = leader
             if k > snap_k and (
                 k == last
                 or _certain(
-                    pot, arrived, magnitude, total_pos, n_cls, leader, keep, a_now, rounding
+                    pot, arrived, magnitude, readout_table, n_cls, leader, keep, a_now, rounding
                 )
             ):
                 break
             o = keys[k] & 0xFFFFFFFF
             i = idx[o]
             v = np.float64(val[o])
-            base = w_off + i * n_cls
-            w_l = np.float64(weights[base + kept])
-            for j in range(n_cls):
-                w = np.float64(weights[base + j])
-                pot[j] += w * v
-                arrived[j] += max(w - w_l, 0.0)
+            w = readout_table[n_cls + 1 + i]
+            w_l = w[kept]
+            for j in range(width):
+                pot[j] += w[j] * v
+                arrived[j] += max(w[j] - w_l, 0.0)
             used += fan[i]
             a_now = v
             k += 1
@@ -551,14 +550,14 @@ def _early(  # type: ignore[no-untyped-def]
 
 @_jit()
 def _sample(  # type: ignore[no-untyped-def]
-    s, src, start, stop, steps, weights, fanout, popf, popd, rec_offsets, total_pos,
+    s, src, start, stop, steps, weights, fanout, popf, popd, rec_offsets, readout_table,
     early, margin, out, logits, decided, rec, record, counts, n_layers, n_pops, buf, idx, keys,
     work,
 ):  # fmt: skip
     """Run sample ``s`` through steps ``[start, stop)``; see :func:`run_steps` for the arguments.
 
     ``buf`` ``(5, max_size)`` float32, ``idx`` ``(max_size,)`` and ``keys`` ``(4 max_size + 65,)``
-    int64, ``work`` ``(5, C)`` float64 are scratch, allocated once per batch.
+    int64, ``work`` ``(5, C')`` float64 are scratch, allocated once per batch.
     """
     c = s if counts.shape[0] > 1 else 0  # one row of counters: the samples add up in it
     cur = buf[0]
@@ -602,7 +601,7 @@ def _sample(  # type: ignore[no-untyped-def]
         is_readout = p_out < 0
         if is_readout and early:
             used, when = _early(
-                row, weights, fanout, cur, nf, idx, val, popd[p_in], p_in, margin, total_pos,
+                row, weights, fanout, cur, nf, idx, val, popd[p_in], p_in, margin, readout_table,
                 keys, work, z,
             )  # fmt: skip
             pot = work[0]
@@ -634,7 +633,7 @@ def _sample(  # type: ignore[no-untyped-def]
 
 @_jit(nogil=True)
 def _run(  # type: ignore[no-untyped-def]
-    src, start, stop, steps, weights, fanout, popf, popd, rec_offsets, total_pos,
+    src, start, stop, steps, weights, fanout, popf, popd, rec_offsets, readout_table,
     early, margin, max_size, out, logits, decided, rec, record, counts, n_layers, n_pops,
 ):  # fmt: skip
     if start == 0:  # raw inputs: count what a caller may not have checked, before any work
@@ -654,10 +653,10 @@ def _run(  # type: ignore[no-untyped-def]
     buf = np.empty((5, max_size), np.float32)
     idx = np.empty(max_size, np.int64)
     keys = np.empty(4 * max_size + 65, np.int64)
-    work = np.empty((5, logits.shape[1]), np.float64)
+    work = np.empty((5, readout_table.shape[1]), np.float64)
     for s in range(src.shape[0]):
         _sample(
-            s, src, start, stop, steps, weights, fanout, popf, popd, rec_offsets, total_pos,
+            s, src, start, stop, steps, weights, fanout, popf, popd, rec_offsets, readout_table,
             early, margin, out, logits, decided, rec, record, counts, n_layers, n_pops, buf, idx,
             keys, work,
         )  # fmt: skip
@@ -679,7 +678,7 @@ def run_steps(
     popf: np.ndarray,
     popd: np.ndarray,
     rec_offsets: np.ndarray,
-    total_pos: np.ndarray,
+    readout_table: np.ndarray,
     early: bool,
     margin: float,
     max_size: int,
@@ -702,8 +701,9 @@ def run_steps(
         popf: ``(P, 4)`` float32 per population: scale, window end, saturation threshold and
             cut-off time; ``popd``: ``(P,)`` float64 scales (the early decision's ``a_now``).
         rec_offsets: ``(P,)`` column of each population in ``rec``.
-        total_pos: ``(C + 1, C)`` float64: ``sum_i max(0, w_ir - w_il)`` of the readout in rows
-            ``l < C``, ``sum_i |w_ic|`` in row ``C``.
+        readout_table: ``(C + 1 + H, C')`` float64: ``sum_i max(0, w_ir - w_il)`` of the
+            readout in rows ``l < C``, ``sum_i |w_ic|`` in row ``C``, ``W^T`` in float64 below,
+            columns padded with zeros to ``C'`` (see ``compiled.Program``).
         early, margin: the plan's early decision.
         max_size: the largest population or potential buffer.
         out: ``(N, F_out)`` times after the last step when it is not the readout.
@@ -726,7 +726,7 @@ def run_steps(
     threads = min(threads, n)
     if threads <= 1:
         bad, clipped = _run(
-            src, start, stop, steps, weights, fanout, popf, popd, rec_offsets, total_pos,
+            src, start, stop, steps, weights, fanout, popf, popd, rec_offsets, readout_table,
             early, margin, max_size, out, logits, decided, rec, record, counts, n_layers,
             n_pops,
         )  # fmt: skip
@@ -738,7 +738,7 @@ def run_steps(
     def block(i: int) -> tuple[int, int]:
         a, b = bounds[i], bounds[i + 1]
         return _run(  # type: ignore[no-any-return]
-            src[a:b], start, stop, steps, weights, fanout, popf, popd, rec_offsets, total_pos,
+            src[a:b], start, stop, steps, weights, fanout, popf, popd, rec_offsets, readout_table,
             early, margin, max_size, out[a:b] if out.shape[0] == n else out, logits[a:b],
             decided[a:b], rec[a:b] if record else rec, record, counts[a:b], n_layers, n_pops,
         )  # fmt: skip
