@@ -42,7 +42,7 @@ class Session:
         self.network = network
         self.plan = network.plan(mode)
         self.mode = self.plan.name or (mode if isinstance(mode, str) else "custom")
-        self._parts: list[RunStats] = []
+        self._batches: RunStats | None = None  # the counts of the calls run_compiled answered
         self._compiled = None
         if engine != "numpy":
             try:
@@ -96,7 +96,7 @@ class Session:
         """The counts of every call since the session began (or :meth:`reset`); ``None`` before
         the first. Without the zero-skipping baseline (``zero_skip_ops`` is 0): use
         :meth:`Network.run` for comparisons."""
-        parts = list(self._parts)
+        parts = [] if self._batches is None else [self._batches]
         if self._compiled is not None and self._n:
             parts.append(
                 self._compiled.stats_from_counts(
@@ -111,7 +111,7 @@ class Session:
 
     def reset(self) -> None:
         """Forget the counts so far."""
-        self._parts.clear()
+        self._batches = None
         if self._compiled is not None:
             self._counts[:] = 0
             self._n = 0
@@ -122,7 +122,7 @@ class Session:
         compiled = self._compiled
         if compiled is None:
             run = self.network.run(x, self.plan, baselines=False, engine="numpy")
-            self._parts.append(run.stats)
+            self._add(run.stats)
             return run.logits.astype(np.float64)
         fast = (
             type(x) is np.ndarray
@@ -138,7 +138,7 @@ class Session:
             result = compiled.run_compiled(
                 self.network.graph, x, self.plan, costs=self.network.costs, baselines=False
             )
-            self._parts.append(result.stats)
+            self._add(result.stats)
             stats = result.stats
             if stats.saturated[0] > CLIP_WARNING * n * self._inputs:
                 self._warn(stats.saturated[0] / (n * self._inputs))
@@ -154,6 +154,10 @@ class Session:
             self._warn(clipped / (n * self._inputs))
         self._n += n
         return logits
+
+    def _add(self, stats: RunStats) -> None:
+        """Fold a call's counts into the running total (kept as one RunStats, not a list)."""
+        self._batches = stats if self._batches is None else RunStats.merge([self._batches, stats])
 
     def _warn(self, share: float) -> None:
         warnings.warn(
