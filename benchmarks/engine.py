@@ -117,6 +117,24 @@ def _train(name: str, epochs: int, net_path: Path, torch_path: Path) -> dict[str
 # -- one engine, measured in a fresh process ------------------------------------------------------
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident set size, in MB.
+
+    On Linux the high-water mark of the current address space (``VmHWM``): ``ru_maxrss``
+    carries over ``exec``, so in a child started by a process that had grown larger it reports
+    the parent's peak, not the child's.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
 def _set_threads(threads: int) -> Any:
     """Limit every thread pool an engine may use; returns the threadpoolctl context to keep."""
     try:
@@ -250,7 +268,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
             if limits is not None:
                 limits.unregister()
         results[mode] = record
-    return {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **results}
+    return {"peak_rss_mb": peak_rss_mb(), **results}
 
 
 def _subprocess(args: list[str], timeout: float = 900) -> dict[str, Any]:
@@ -268,6 +286,14 @@ _COLD = """
 import time
 start = time.perf_counter()
 import json, resource, sys
+
+def peak_rss_mb():
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
 import numpy as np
 import powersave
 imported = time.perf_counter()
@@ -281,7 +307,7 @@ print(json.dumps({
     "load_s": loaded - imported,
     "first_inference_s": first - loaded,
     "in_process_s": first - start,
-    "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    "peak_rss_mb": peak_rss_mb(),
     "torch_imported": "torch" in sys.modules,
     "matplotlib_imported": "matplotlib" in sys.modules,
 }))
@@ -306,11 +332,11 @@ def cold_start(name: str) -> dict[str, Any]:
 
 
 def _sinabs() -> dict[str, Any]:
-    import importlib.util
+    """The spiking peer (benchmarks/peer.py), or why it was not measured."""
+    from benchmarks.peer import sinabs_peer
 
-    if importlib.util.find_spec("sinabs") is None:
-        return {"skipped": "sinabs is not installed (pip install sinabs): peer not measured"}
-    return {"skipped": "sinabs is installed, but the peer measurement is not implemented yet"}
+    print("[bench] mlp: the sinabs peer", flush=True)
+    return sinabs_peer(progress=None)
 
 
 def measure(quick: bool) -> dict[str, Any]:
@@ -432,7 +458,17 @@ def table(report: dict[str, Any]) -> str:
         shown = f"{value:.2f}×" if value is not None else f"{t.get('seconds', t.get('mb')):.2f}"
         verdict = "met" if t["met"] else "MISSED"
         lines.append(f"  [{verdict}] {t['network']}: {t['target']}: {shown}")
-    lines.append(f"sinabs: {report['sinabs']}")
+    peer = report["sinabs"]
+    if peer.get("available"):
+        lines.append(
+            f"sinabs peer (MLP, rate-coded IAF, {peer['encoding']} input): "
+            f"{peer['steps_needed']} steps for {100 * peer['accuracy']:.2f} % "
+            f"(ANN {100 * peer['ann_accuracy']:.2f} %), "
+            f"{peer['synaptic_ops_per_sample']:,.0f} synaptic ops/sample, "
+            f"{peer['batch_1_us']:.0f} µs/sample at batch 1, {peer['batch_256_us']:.1f} at 256"
+        )
+    else:
+        lines.append(f"sinabs peer not measured: {peer.get('reason')} ({peer.get('install')})")
     return "\n".join(lines)
 
 
