@@ -199,3 +199,20 @@ def test_engine_name_and_errors() -> None:
     )
     with pytest.raises(ValueError, match="early decision needs a Dense readout"):
         run_compiled(conv, np.ones((1, 1, 3, 3), np.float32), Plan(early_decision=True))
+
+
+@pytest.mark.parametrize("window", [0, 1, 2, 5])
+@pytest.mark.parametrize("seed", range(6))
+def test_the_arrival_order_is_numpy_s_stable_argsort(window: int, seed: int) -> None:
+    from powersave.engine import kernels
+
+    rng = np.random.default_rng(seed)
+    size = int(rng.integers(1, 600))
+    grid = int(rng.choice([3, 50, 10**6]))  # few distinct times: many ties
+    times = (window + rng.integers(0, grid, size) / grid).astype(np.float32)
+    times[rng.random(size) < 0.3] = np.inf  # silent neurons are not arrivals
+    idx = np.flatnonzero(np.isfinite(times)).astype(np.int64)
+    keys = np.empty(4 * size + 65, np.int64)
+    kernels._arrival_order(times, idx.size, idx, window, keys)
+    order = keys[: idx.size] & 0xFFFFFFFF
+    np.testing.assert_array_equal(idx[order], idx[np.argsort(times[idx], kind="stable")])
