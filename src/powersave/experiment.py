@@ -66,6 +66,7 @@ class Recipe:
             ``power_aware_mode`` calibrated on the calibration split (0: no fine-tuning).
         power_aware_mode: which calibrated mode's cut-offs are active while fine-tuning.
         activity: :class:`~powersave.frontend.sparse.ActivityPenalty` weight (0: off).
+        activity_layers: its per hidden population factors ``λ_ℓ`` (None: 1 for each).
         activity_kappa: its surrogate's width.
         activity_warmup: the share of the first phase over which its weight ramps up from 0
             (fine-tuning starts at full weight).
@@ -80,6 +81,7 @@ class Recipe:
     finetune_epochs: int = 0
     power_aware_mode: str = "balanced"
     activity: float = 0.0
+    activity_layers: tuple[float, ...] | None = None
     activity_kappa: float = 1.0
     activity_warmup: float = 0.0
     sparsity: float | tuple[float, ...] = 0.0
@@ -91,6 +93,8 @@ class Recipe:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["sparsity"] = list(self.sparsity) if isinstance(self.sparsity, tuple) else self.sparsity
+        if self.activity_layers is not None:
+            d["activity_layers"] = list(self.activity_layers)
         return d
 
 
@@ -108,13 +112,19 @@ def default_recipes(model: str, *, quick: bool = False) -> dict[str, Recipe]:
         sparse = Recipe(epochs=45, finetune_epochs=5, activity=0.4, sparsity=(0.9, 0.9, 0.5))
     else:
         # conv1 has only 200 weights and an untrained CNN is silenced for good by a
-        # full-strength activity penalty: prune conv1 lightly, ramp the penalty up.
+        # full-strength activity penalty: prune conv1 lightly, ramp the penalty up. The
+        # per-layer factors are about proportional to the populations' sizes (6272, 3136, 64
+        # neurons), so that the penalty counts spikes, not shares: conv1 and conv2 send almost
+        # all of them, and silencing the 64-neuron dense layer would cost accuracy for nothing.
+        # Pruning is kept moderate: operations stay far below 10 % of dense, accuracy matters more.
         sparse = Recipe(
-            epochs=12,
-            finetune_epochs=2,
+            epochs=30,
+            finetune_epochs=3,
             activity=0.3,
-            activity_warmup=0.4,
-            sparsity=(0.3, 0.75, 0.9, 0.3),
+            activity_layers=(6.0, 3.0, 0.05),
+            activity_kappa=0.5,
+            activity_warmup=0.5,
+            sparsity=(0.3, 0.5, 0.75, 0.3),
         )
     if quick:
         sparse = Recipe(**{**asdict(sparse), "epochs": 2, "finetune_epochs": 1})
@@ -179,10 +189,13 @@ def train_variant(
     model = build_model(model_name, tuple(data.train.x.shape[1:]), classes, seed=seed)
     activity, steady = None, None
     if recipe.activity > 0:
-        steady = ActivityPenalty(weight=recipe.activity, kappa=recipe.activity_kappa)
-        activity = ActivityPenalty(
-            weight=recipe.activity, kappa=recipe.activity_kappa, warmup=recipe.activity_warmup
-        )
+        shape: dict[str, Any] = {
+            "weight": recipe.activity,
+            "kappa": recipe.activity_kappa,
+            "layers": recipe.activity_layers,
+        }
+        steady = ActivityPenalty(**shape)
+        activity = ActivityPenalty(**shape, warmup=recipe.activity_warmup)
     pruned = recipe.sparsity if isinstance(recipe.sparsity, tuple) else recipe.sparsity > 0
     pruning = Pruning(sparsity=recipe.sparsity) if pruned else None
     criticality = (
@@ -387,6 +400,8 @@ def check_targets(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
             if m is None:
                 continue
             share = m["synaptic_ops_per_sample"] / m["dense_macs_per_sample"]
+            # Accuracies are ratios of counts: their float difference can land a hair above an
+            # exact 0.5 pp (0.971 - 0.966 = 0.005000000000000004), hence the 1e-9 below.
             gap = None if reference is None else 100.0 * (reference - m["accuracy"])
             rows.append(
                 {
@@ -401,7 +416,8 @@ def check_targets(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
                     "meets": {
                         "ops_at_most_10pct": share <= TARGET_OPS_SHARE,
                         "ops_at_most_5pct": share <= AIM_OPS_SHARE,
-                        "accuracy_within_0.5pp": gap is not None and gap <= TARGET_ACCURACY_GAP_PP,
+                        "accuracy_within_0.5pp": gap is not None
+                        and gap <= TARGET_ACCURACY_GAP_PP + 1e-9,
                         "spikes_per_hidden_at_most_0.1": m["spikes_per_hidden_neuron"]
                         <= TARGET_SPIKES_PER_HIDDEN,
                     },

@@ -16,6 +16,7 @@ float32 tolerance. It differs in how the work is done:
 
 from __future__ import annotations
 
+import functools
 import weakref
 from dataclasses import dataclass, field
 
@@ -96,7 +97,7 @@ class Program:
     #: (the planner's profile).
     activity: dict[Plan, tuple[float, ...]] = field(default_factory=dict, compare=False, repr=False)
 
-    @property
+    @functools.cached_property
     def synaptic_steps(self) -> tuple[int, ...]:
         """The step of each synaptic layer, in order."""
         return tuple(int(i) for i in np.flatnonzero(np.isin(self.steps[:, k.KIND], _SYNAPTIC)))

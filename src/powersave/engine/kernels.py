@@ -106,6 +106,41 @@ def _encode(z, size, p, popf, nxt, rec, s, rec_off, record, sign):  # type: igno
 
 
 @_jit()
+def _encode_gather(z, size, p, popf, nxt, sign, fanout, f_off, offset, idx, val, nf):  # type: ignore[no-untyped-def]
+    """:func:`_encode` (without recording) fused with the next layer's :func:`_gather`.
+
+    Writes the (cut) spike times to ``nxt`` and appends the spikes, as ``_gather`` would find
+    them, to ``idx``/``val`` from position ``nf`` (indices shifted by ``offset``: the OFF
+    channels follow the ON ones). One pass over the population instead of two. Returns (spikes
+    sent, neurons saturated, the new ``nf``, the next layer's synaptic operations).
+    """
+    scale = popf[p, P_SCALE]
+    end = popf[p, P_END]
+    threshold = popf[p, P_SAT]
+    cut = popf[p, P_CUT]
+    never = np.float32(np.inf)
+    flip = np.float32(sign)
+    fan = fanout[f_off + offset : f_off + offset + size]
+    sent = 0
+    saturated = 0
+    ops = 0
+    for j in range(size):
+        v = flip * z[j]
+        t = end - min(v, scale) / scale
+        pre = t if (v > 0) & (t < end) else never
+        post = pre if pre <= cut else never
+        nxt[j] = post
+        fired = post < never
+        idx[nf] = j + offset
+        val[nf] = scale * (end - post)
+        ops += fan[j] if fired else 0
+        nf += fired
+        sent += fired
+        saturated += v > threshold
+    return sent, saturated, nf, ops
+
+
+@_jit()
 def _gather(cur, size, scale, end, fanout, f_off, idx, val):  # type: ignore[no-untyped-def]
     """Fired inputs of a population: indices, decoded intensities; returns (count, operations).
 
@@ -566,6 +601,9 @@ def _sample(  # type: ignore[no-untyped-def]
     acc = buf[3]
     val = buf[4]
     size = steps[start, IN_SIZE]
+    gathered = False  # whether idx/val already hold the spikes the next synaptic step reads
+    nf = 0
+    n_ops = 0
     if start > 0:  # spike times of a population (step 0 encodes the raw inputs in place)
         for i in range(size):
             cur[i] = src[s, i]
@@ -580,23 +618,49 @@ def _sample(  # type: ignore[no-untyped-def]
             size = row[OUT_SIZE]
             continue
         p_out = row[POP_OUT]
+        # The step that reads this one's spikes: when it is a synaptic layer, encoding and
+        # its gather are one pass (unless the spikes are recorded before their cut).
+        nxt_st = st + 1
+        while nxt_st < stop and steps[nxt_st, KIND] == K_FLATTEN:
+            nxt_st += 1
+        fuse = (
+            (not record) and nxt_st < stop and steps[nxt_st, KIND] in (K_DENSE, K_CONV, K_AVGPOOL)
+        )
+        f_next = steps[nxt_st, F_OFF] if fuse else 0
         if kind == K_INPUT:  # ON/OFF split (ON first) and encode
             n_in = row[IN_SIZE]
             raw = src[s]
-            sent, clipped = _encode(raw, n_in, 0, popf, nxt, rec, s, 0, record, 1)
+            if fuse:
+                sent, clipped, nf, n_ops = _encode_gather(
+                    raw, n_in, 0, popf, nxt, 1, fanout, f_next, 0, idx, val, 0
+                )
+                if row[FLAG]:
+                    more, clip_off, nf, ops_off = _encode_gather(
+                        raw, n_in, 0, popf, nxt[n_in:], -1, fanout, f_next, n_in, idx, val, nf
+                    )
+                    sent += more
+                    clipped += clip_off
+                    n_ops += ops_off
+                gathered = True
+            else:
+                sent, clipped = _encode(raw, n_in, 0, popf, nxt, rec, s, 0, record, 1)
+                if row[FLAG]:
+                    more, clip_off = _encode(
+                        raw, n_in, 0, popf, nxt[n_in:], rec, s, n_in, record, -1
+                    )
+                    sent += more
+                    clipped += clip_off
             counts[c, n_layers] += sent
             counts[c, n_layers + n_pops] += clipped
-            if row[FLAG]:
-                sent, clipped = _encode(raw, n_in, 0, popf, nxt[n_in:], rec, s, n_in, record, -1)
-                counts[c, n_layers] += sent
-                counts[c, n_layers + n_pops] += clipped
             cur, nxt = nxt, cur
             size = row[OUT_SIZE]
             continue
         p_in = row[POP_IN]
-        nf, n_ops = _gather(
-            cur, size, popf[p_in, P_SCALE], popf[p_in, P_END], fanout, row[F_OFF], idx, val
-        )
+        if not gathered:
+            nf, n_ops = _gather(
+                cur, size, popf[p_in, P_SCALE], popf[p_in, P_END], fanout, row[F_OFF], idx, val
+            )
+        gathered = False
         layer = row[LAYER]
         is_readout = p_out < 0
         if is_readout and early:
@@ -623,7 +687,15 @@ def _sample(  # type: ignore[no-untyped-def]
             for j in range(size):
                 logits[s, j] = z[j]
             return
-        sent, clipped = _encode(z, size, p_out, popf, nxt, rec, s, rec_offsets[p_out], record, 1)
+        if fuse:
+            sent, clipped, nf, n_ops = _encode_gather(
+                z, size, p_out, popf, nxt, 1, fanout, f_next, 0, idx, val, 0
+            )
+            gathered = True
+        else:
+            sent, clipped = _encode(
+                z, size, p_out, popf, nxt, rec, s, rec_offsets[p_out], record, 1
+            )
         counts[c, n_layers + p_out] += sent
         counts[c, n_layers + n_pops + p_out] += clipped
         cur, nxt = nxt, cur
