@@ -16,6 +16,9 @@ calibration split) and calibrates their modes; then measures, on the test split:
   ``run_compiled``;
 - for each: accuracy, synaptic operations per sample (dense MACs for the dense engines), the
   kernels the planner chose, and the peak RSS of a fresh process that ran only that engine;
+- the times come from one process per network that runs every engine in turn within each
+  repeat (interleaved), so that all of them see the same state of the shared machine: the
+  ratios are what to read;
 - cold start of a saved network (import, load, first inference) with a warm kernel cache, in a
   fresh process, and its peak RSS;
 - the peer sinabs (rate-coded integrate-and-fire, ``sinabs.from_model``) when it is installed.
@@ -223,6 +226,10 @@ def _times(fn: Any, batches: list[np.ndarray], repeats: int) -> dict[str, float]
             fn(xb)
         per_sample.append((time.perf_counter() - start) / samples * 1e6)
         cpu.append((time.process_time() - start_cpu) / samples * 1e6)
+    return _summary(per_sample, cpu)
+
+
+def _summary(per_sample: list[float], cpu: list[float]) -> dict[str, float]:
     return {
         "median_us": statistics.median(per_sample),
         "min_us": min(per_sample),
@@ -234,7 +241,8 @@ def _times(fn: Any, batches: list[np.ndarray], repeats: int) -> dict[str, float]
 
 
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
-    """Measure one engine kind on one network, in every mode of ``spec``; runs in a subprocess."""
+    """Accuracy, operations, kernels and peak RSS of one engine kind on one network, in every
+    mode of ``spec``; runs in a subprocess of its own (for an honest peak RSS)."""
     import powersave
     from powersave.data import load_mnist10k
 
@@ -242,10 +250,9 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     net = powersave.load(_paths(OUT, name)[0])
     test = load_mnist10k().test
     x, y = test.x, test.y
-    latency = [x[i : i + 1] for i in range(spec["latency_samples"])]
     batch = spec["batch"]
-    throughput = [x[i : i + batch] for i in range(0, spec["throughput_batches"] * batch, batch)]
-    results = {}
+    limits = _set_threads(1)
+    results: dict[str, dict[str, Any]] = {}
     for mode in spec["modes"]:
         fn, count = _engine_function(kind, name, net, mode)
         record: dict[str, Any] = {}
@@ -254,6 +261,8 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
             p, o = count(x[i : i + batch])
             predictions.append(p)
             ops += o
+        fn(x[:batch])  # the timed path once, so that its memory counts too
+        fn(x[:1])
         record["accuracy"] = float(np.mean(np.concatenate(predictions) == y))
         record["synaptic_ops_per_sample"] = ops / len(x) if ops == ops else None
         if getattr(count, "kernels", None):
@@ -261,14 +270,53 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
                 "batch_1": count.kernels(x[:1]),
                 f"batch_{batch}": count.kernels(x[:batch]),
             }
-        for threads in spec["threads"]:
-            limits = _set_threads(threads)
-            record[f"batch_1_threads_{threads}"] = _times(fn, latency, spec["repeats"])
-            record[f"batch_{batch}_threads_{threads}"] = _times(fn, throughput, spec["repeats"])
-            if limits is not None:
-                limits.unregister()
         results[mode] = record
+    if limits is not None:
+        limits.unregister()
     return {"peak_rss_mb": peak_rss_mb(), **results}
+
+
+def timing_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """Time every engine on one network in one process, interleaved: each repeat runs every
+    engine once, in turn, so that all of them see the same state of a shared, noisy machine
+    and their ratios are robust. At 1 thread first, then at more (pools that ran with several
+    threads keep spinning for a while, which slows a single thread on shared cores)."""
+    import powersave
+    from powersave.data import load_mnist10k
+
+    name, batch = spec["net"], spec["batch"]
+    net = powersave.load(_paths(OUT, name)[0])
+    x = load_mnist10k().test.x
+    latency = [x[i : i + 1] for i in range(spec["latency_samples"])]
+    throughput = [x[i : i + batch] for i in range(0, spec["throughput_batches"] * batch, batch)]
+    functions = {
+        label: _engine_function(kind, name, net, mode)[0] for label, (kind, mode) in ENGINES.items()
+    }
+    results: dict[str, dict[str, Any]] = {label: {} for label in functions}
+    for threads in sorted(spec["threads"]):
+        limits = _set_threads(threads)
+        for key, batches in (
+            (f"batch_1_threads_{threads}", latency),
+            (f"batch_{batch}_threads_{threads}", throughput),
+        ):
+            samples = sum(len(xb) for xb in batches)
+            wall: dict[str, list[float]] = {label: [] for label in functions}
+            cpu: dict[str, list[float]] = {label: [] for label in functions}
+            for fn in functions.values():  # warm up (and compile, on a cold cache)
+                for xb in batches[:3]:
+                    fn(xb)
+            for _ in range(spec["repeats"]):
+                for label, fn in functions.items():
+                    start, start_cpu = time.perf_counter(), time.process_time()
+                    for xb in batches:
+                        fn(xb)
+                    wall[label].append((time.perf_counter() - start) / samples * 1e6)
+                    cpu[label].append((time.process_time() - start_cpu) / samples * 1e6)
+            for label in functions:
+                results[label][key] = _summary(wall[label], cpu[label])
+        if limits is not None:
+            limits.unregister()
+    return results
 
 
 def _subprocess(args: list[str], timeout: float = 900) -> dict[str, Any]:
@@ -363,6 +411,11 @@ def measure(quick: bool) -> dict[str, Any]:
             for mode, record in measured.items():
                 label = next(k for k, v in ENGINES.items() if v == (kind, mode))
                 results[name]["engines"][label] = {**record, "peak_rss_mb": rss}
+        print(f"[bench] {name}: timing every engine, interleaved", flush=True)
+        spec = {**spec_base, "net": name}
+        timed = _subprocess(["-m", "benchmarks.engine", "--timing", json.dumps(spec)], 3600)
+        for label, times in timed.items():
+            results[name]["engines"][label].update(times)
         print(f"[bench] {name}: cold start", flush=True)
         results[name]["cold_start"] = cold_start(name)
     return {
@@ -477,9 +530,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer repeats and samples")
     parser.add_argument("--retrain", action="store_true", help="train the networks again")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--timing", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
+        return 0
+    if args.timing:
+        print(json.dumps(timing_worker(json.loads(args.timing))))
         return 0
     if args.retrain:
         prepare(OUT, retrain=True)
