@@ -319,9 +319,16 @@ def timing_worker(spec: dict[str, Any]) -> dict[str, Any]:
     return results
 
 
-def _subprocess(args: list[str], timeout: float = 900) -> dict[str, Any]:
+def _subprocess(
+    args: list[str], timeout: float = 900, env: dict[str, str] | None = None
+) -> dict[str, Any]:
     done = subprocess.run(
-        [sys.executable, *args], capture_output=True, text=True, timeout=timeout, check=False
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env=None if env is None else {**os.environ, **env},
     )
     if done.returncode != 0:
         raise RuntimeError(f"benchmark subprocess {args[:3]} failed:\n{done.stderr[-3000:]}")
@@ -413,7 +420,13 @@ def measure(quick: bool) -> dict[str, Any]:
                 results[name]["engines"][label] = {**record, "peak_rss_mb": rss}
         print(f"[bench] {name}: timing every engine, interleaved", flush=True)
         spec = {**spec_base, "net": name}
-        timed = _subprocess(["-m", "benchmarks.engine", "--timing", json.dumps(spec)], 3600)
+        # Idle OpenMP threads (PyTorch's) sleep instead of spinning: interleaved with other
+        # engines, spinning threads would take their cores.
+        timed = _subprocess(
+            ["-m", "benchmarks.engine", "--timing", json.dumps(spec)],
+            3600,
+            env={"OMP_WAIT_POLICY": "PASSIVE"},
+        )
         for label, times in timed.items():
             results[name]["engines"][label].update(times)
         print(f"[bench] {name}: cold start", flush=True)
