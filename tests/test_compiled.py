@@ -216,3 +216,25 @@ def test_the_arrival_order_is_numpy_s_stable_argsort(window: int, seed: int) -> 
     kernels._arrival_order(times, idx.size, idx, window, keys)
     order = keys[: idx.size] & 0xFFFFFFFF
     np.testing.assert_array_equal(idx[order], idx[np.argsort(times[idx], kind="stable")])
+
+
+def test_one_row_of_counters_is_never_shared_between_threads() -> None:
+    from powersave.engine import kernels
+
+    g, x = small_mlp(3)
+    x = np.concatenate([x] * 10)  # 400 samples
+    prog = program(g)
+    plan = Plan(cutoffs=(0.8, 0.9))
+    popf, popd = prog.population_table(plan)
+    totals = []
+    for threads, rows in ((1, len(x)), (2, 1)):
+        counts = np.zeros((rows, prog.n_counts), np.int64)
+        kernels.run_steps(
+            x.reshape(len(x), -1), 0, len(prog.steps), prog.steps, prog.weights, prog.fanout,
+            popf, popd, prog.rec_offsets, prog.readout_table, False, 0.0, prog.max_size,
+            compiled.NO_OUT, np.empty((len(x), prog.n_classes)), np.empty(len(x)),
+            compiled.NO_REC, False, counts, len(prog.layers), len(prog.populations), threads,
+        )  # fmt: skip
+        totals.append(counts.sum(axis=0))
+    assert totals[0].sum() > 0
+    np.testing.assert_array_equal(totals[0], totals[1])

@@ -436,7 +436,11 @@ def _layered(
             if st == readout and plan.early_decision:
                 choice = EVENT
             elif kernels == "auto":
-                active = float(np.count_nonzero(np.isfinite(cur))) / cur.size
+                # The profile's measure: operations over dense MACs (fan-out weighted, so that
+                # pruned weights and convolution borders count as they cost).
+                fan = prog.costs[layer].fanout.reshape(-1).astype(np.float64)
+                ops = float(np.isfinite(cur).sum(axis=0) @ fan)
+                active = ops / (n * prog.dense_macs[layer]) if prog.dense_macs[layer] else 0.0
                 choice = cost_model.choose(
                     prog.kinds[layer],
                     cur.shape[1],

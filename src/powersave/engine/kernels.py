@@ -22,8 +22,10 @@ row of a firing input neuron is contiguous.
 Arithmetic matches :mod:`powersave.coding` operation for operation in float32 (encode, decode,
 cut-off and saturation thresholds are float32 numbers, as numpy computes them with Python
 scalars), and the certified early decision repeats :func:`powersave.engine.event._early_decision`
-in float64 in the same order, so both engines take the same decision at the same spike. Only the
-potentials' summation order differs (scatter here, BLAS there): float32 rounding.
+in float64 over the arrivals in the same order (the bias is added first here, after the prefix
+sums there: a last-bit difference, far below the certificate's tolerance), so both engines take
+the same decision at the same spike. The potentials' summation order differs (scatter here, BLAS
+there): float32 rounding.
 """
 
 from __future__ import annotations
@@ -796,6 +798,8 @@ def run_steps(
     """
     n = src.shape[0]
     threads = min(threads, n)
+    if counts.shape[0] == 1 and n > 1:
+        threads = 1  # one row of counters that every sample adds to: one thread, no lost updates
     if threads <= 1:
         bad, clipped = _run(
             src, start, stop, steps, weights, fanout, popf, popd, rec_offsets, readout_table,
