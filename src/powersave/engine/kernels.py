@@ -226,9 +226,14 @@ def _conv(row, weights, nf, idx, val, acc, z):  # type: ignore[no-untyped-def]
         x0 = x + pw - kw + 1
         for a in range(kh):
             ny = y0 + a
-            if ny < 0 or ny % sh != 0:
+            if ny < 0:
                 continue
-            oy = ny // sh
+            if sh == 1:  # no integer division per kernel row (it costs more than the row)
+                oy = ny
+            elif ny % sh != 0:
+                continue
+            else:
+                oy = ny // sh
             if oy >= ho:
                 break
             w_row = w_off + (c * kh + a) * kw * n_out
