@@ -35,6 +35,21 @@ class InputRangeWarning(UserWarning):
     """Inputs far outside the range the network was calibrated on: they saturate (clip)."""
 
 
+def warn_if_clipped(clipped: int, values: int, network: Network, stacklevel: int) -> None:
+    """An :class:`InputRangeWarning` when more than :data:`CLIP_WARNING` of ``values`` input
+    values were clipped to the input scale (``stacklevel`` as :func:`warnings.warn`'s, counted
+    from the caller of this function)."""
+    share = clipped / values
+    if share > CLIP_WARNING:
+        warnings.warn(
+            f"{share:.1%} of the input values exceed the input scale "
+            f"A={network.graph.input.scale:.4g} and were clipped to it (they fire at once); "
+            "were the inputs scaled as at conversion (e.g. pixels in [0, 1], not 0-255)?",
+            InputRangeWarning,
+            stacklevel=stacklevel,
+        )
+
+
 #: Samples processed at once: bounds memory on large inputs, and small chunks run faster.
 DEFAULT_CHUNK = 128
 
@@ -174,15 +189,7 @@ class Network:
         if baselines:
             zero_skip = zero_skip_ops(self.graph, batch, self.costs, chunk_size)
             stats = replace(stats, layer_zero_skip_ops=zero_skip)
-        clipped = stats.saturated[0] / (stats.n_samples * stats.neurons[0])
-        if clipped > CLIP_WARNING:
-            warnings.warn(
-                f"{clipped:.1%} of the input values exceed the input scale "
-                f"A={self.graph.input.scale:.4g} and were clipped to it (they fire at once); "
-                "were the inputs scaled as at conversion (e.g. pixels in [0, 1], not 0-255)?",
-                InputRangeWarning,
-                stacklevel=2,
-            )
+        warn_if_clipped(stats.saturated[0], stats.n_samples * stats.neurons[0], self, stacklevel=3)
         return Run(
             logits=result.logits,
             predictions=result.logits.argmax(axis=1).astype(np.int64),

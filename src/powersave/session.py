@@ -19,13 +19,12 @@ numpy engine through :meth:`Network.run`.
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import numpy as np
 
 from powersave.engine.stats import RunStats
-from powersave.network import CLIP_WARNING, InputRangeWarning, Network
+from powersave.network import Network, warn_if_clipped
 
 
 class Session:
@@ -64,7 +63,6 @@ class Session:
         popf, popd = prog.population_table(self.plan)
         self._prog = prog
         self._inputs = prog.neurons[0]
-        self._signed = graph.input.signed
         self._shape = tuple(graph.input.shape)
         self._classes = prog.n_classes
         self._counts = np.zeros((1, prog.n_counts), np.int64)  # the kernel adds every sample
@@ -139,39 +137,22 @@ class Session:
                 self.network.graph, x, self.plan, costs=self.network.costs, baselines=False
             )
             self._add(result.stats)
-            stats = result.stats
-            if stats.saturated[0] > CLIP_WARNING * n * self._inputs:
-                self._warn(stats.saturated[0] / (n * self._inputs))
+            warn_if_clipped(result.stats.saturated[0], n * self._inputs, self.network, 3)
             return result.logits.astype(np.float64)
         logits = np.empty((n, self._classes))
         bad, clipped = self._kernel(
             np.ascontiguousarray(x).reshape(n, -1), *self._head, *self._tail, logits,
             np.empty(n), compiled.NO_REC, False, self._counts, *self._layers,
         )  # fmt: skip
-        if bad:
-            self._check(x)  # raises: non-finite or (unsigned input) negative values; nothing ran
-        if clipped > CLIP_WARNING * n * self._inputs:
-            self._warn(clipped / (n * self._inputs))
+        if bad:  # non-finite or (unsigned input) negative values; nothing ran
+            self.network.check_inputs(x)  # raises, with the reason
+        warn_if_clipped(clipped, n * self._inputs, self.network, 3)
         self._n += n
         return logits
 
     def _add(self, stats: RunStats) -> None:
         """Fold a call's counts into the running total (kept as one RunStats, not a list)."""
         self._batches = stats if self._batches is None else RunStats.merge([self._batches, stats])
-
-    def _warn(self, share: float) -> None:
-        warnings.warn(
-            f"{share:.1%} of the input values exceed the input scale "
-            f"A={self.network.graph.input.scale:.4g} and were clipped to it (they fire at "
-            "once); were the inputs scaled as at conversion (e.g. pixels in [0, 1], not 0-255)?",
-            InputRangeWarning,
-            stacklevel=3,
-        )
-
-    def _check(self, x: np.ndarray) -> None:
-        from powersave.inputs import check_batch
-
-        check_batch(x, self._shape, signed=self._signed)
 
     def __repr__(self) -> str:
         return f"Session(mode={self.mode!r}, engine={self.engine!r})"

@@ -306,15 +306,18 @@ def run_compiled(
         counts=np.zeros((n, prog.n_counts), np.int64),
     )
     threads = numba.get_num_threads() if n >= PARALLEL_MIN_BATCH else 1
-    if kernels == EVENT or (kernels == "auto" and n < cost_model.min_batch):
-        chosen: tuple[str, ...] = (EVENT,) * len(prog.layers)
-        _steps(prog, plan, src, 0, len(prog.steps), popf, popd, b, record_spikes, threads)
-    else:
+    planned = not (kernels == EVENT or (kernels == "auto" and n < cost_model.min_batch))
+    if planned:
         chosen = _layered(
             graph, prog, plan, src, popf, popd, b, record_spikes, threads, kernels, cost_model
         )
-    result = _result(graph, prog, plan, x, b, chosen, record_spikes, baselines)
-    return result
+    else:
+        chosen = (EVENT,) * len(prog.layers)
+        _steps(prog, plan, src, 0, len(prog.steps), popf, popd, b, record_spikes, threads)
+    totals = (b.counts[0] if n == 1 else b.counts.sum(axis=0)).tolist()
+    if planned:
+        _remember_activity(prog, plan, n, totals)
+    return _result(graph, prog, plan, x, b, totals, chosen, record_spikes, baselines)
 
 
 #: Placeholders for the kernel's ``out`` (a run to the readout) and ``rec`` (not recording).
@@ -438,8 +441,7 @@ def _layered(
             elif kernels == "auto":
                 # The profile's measure: operations over dense MACs (fan-out weighted, so that
                 # pruned weights and convolution borders count as they cost).
-                fan = prog.costs[layer].fanout.reshape(-1).astype(np.float64)
-                ops = float(np.isfinite(cur).sum(axis=0) @ fan)
+                ops = int(np.isfinite(cur).sum(axis=0) @ prog.costs[layer].fanout.reshape(-1))
                 active = ops / (n * prog.dense_macs[layer]) if prog.dense_macs[layer] else 0.0
                 choice = cost_model.choose(
                     prog.kinds[layer],
@@ -457,7 +459,6 @@ def _layered(
         cur = b.layer_out
         pending = st + 1
     flush(readout + 1)
-    _remember_activity(prog, plan, n, b)
     return tuple(chosen)
 
 
@@ -515,11 +516,10 @@ def _dense_layer(
     b.layer_out = np.ascontiguousarray(times, dtype=np.float32).reshape(n, -1)
 
 
-def _remember_activity(prog: Program, plan: Plan, n: int, b: _Buffers) -> None:
+def _remember_activity(prog: Program, plan: Plan, n: int, totals: list[int]) -> None:
     """Store the batch's share of active inputs per layer (operations over dense MACs) as the
     plan's profile; the readout's is that of full processing, early decision or not."""
-    totals = b.counts.sum(axis=0)
-    ops = totals[: len(prog.layers)].astype(np.float64)
+    ops = totals[: len(prog.layers)]
     if plan.early_decision:
         ops[-1] = totals[len(prog.layers) + 2 * len(prog.populations)]
     prog.activity[plan] = tuple(
@@ -562,12 +562,12 @@ def _result(
     plan: Plan,
     x: np.ndarray,
     b: _Buffers,
+    totals: list[int],
     chosen: tuple[str, ...],
     record: bool,
     baselines: bool,
 ) -> EventResult:
     n = x.shape[0]
-    totals = (b.counts[0] if n == 1 else b.counts.sum(axis=0)).tolist()
     zero_skip = zero_skip_ops(graph, x, prog.costs) if baselines else None
     stats = stats_from_counts(prog, plan, n, totals, chosen, zero_skip)
     fired = times = None

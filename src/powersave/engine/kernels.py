@@ -477,6 +477,24 @@ def _leader(pot, n_cls):  # type: ignore[no-untyped-def]
     return leader
 
 
+@_jit(inline="always")
+def _arrive(table, n_cls, keys, k, idx, val, kept, pot, arrived):  # type: ignore[no-untyped-def]
+    """Add arrival ``k`` to the potentials and to the bound row of leader ``kept``.
+
+    Returns the input's index and its intensity (float64). Inlined: a call would cost numba's
+    reference counting of the array arguments, per spike.
+    """
+    o = keys[k] & 0xFFFFFFFF
+    i = idx[o]
+    v = np.float64(val[o])
+    w = table[n_cls + 1 + i]
+    w_l = w[kept]
+    for j in range(table.shape[1]):
+        pot[j] += w[j] * v
+        arrived[j] += max(w[j] - w_l, 0.0)
+    return i, v
+
+
 @_jit()
 def _early(  # type: ignore[no-untyped-def]
     row, weights, fanout, cur, nf, idx, val, scale64, window, margin, readout_table, keys, work, z
@@ -510,9 +528,7 @@ def _early(  # type: ignore[no-untyped-def]
     fan = fanout[row[F_OFF] :]
     pot = work[0]
     arrived = work[1]  # sum over arrived inputs of max(0, w_ir - w_i,kept)
-    magnitude = work[2]
-    snap_pot = work[3]
-    snap_arrived = work[4]
+    magnitude = work[2]  # rows 3 and 4: a snapshot of rows 0 and 1
     # Float32 rounding bound of the full pass, as in event._early_decision: (H + 1) * 2**-23
     # times |b| + A * sum_i |w_i|, for the leader and the rival.
     rounding = (row[IN_SIZE] + 1) * 2.0**-23
@@ -540,28 +556,16 @@ def _early(  # type: ignore[no-untyped-def]
                 pot[j] = z[j]
             return used, np.float64(window + 1.0)
         snap_k, snap_a, snap_used, snap_kept = k, a_now, used, kept
-        for j in range(width):
-            snap_pot[j] = pot[j]
-            snap_arrived[j] = arrived[j]
+        work[3:5] = work[0:2]  # the potentials and the bound row, for a replay
         stop = min(k + block, nf)
         while k < stop:
-            o = keys[k] & 0xFFFFFFFF
-            i = idx[o]
-            v = np.float64(val[o])
-            w = readout_table[n_cls + 1 + i]
-            w_l = w[kept]
-            for j in range(width):
-                pot[j] += w[j] * v
-                arrived[j] += max(w[j] - w_l, 0.0)
+            i, a_now = _arrive(readout_table, n_cls, keys, k, idx, val, kept, pot, arrived)
             used += fan[i]
-            a_now = v
             k += 1
     if k > 0 and k - snap_k > 1:  # replay the block: the first certain arrival may be earlier
         last = k
         k, a_now, used, kept = snap_k, snap_a, snap_used, snap_kept
-        for j in range(width):
-            pot[j] = snap_pot[j]
-            arrived[j] = snap_arrived[j]
+        work[0:2] = work[3:5]
         while True:
             leader = _leader(pot, n_cls)
             if leader != kept:
@@ -574,16 +578,8 @@ def _early(  # type: ignore[no-untyped-def]
                 )
             ):
                 break
-            o = keys[k] & 0xFFFFFFFF
-            i = idx[o]
-            v = np.float64(val[o])
-            w = readout_table[n_cls + 1 + i]
-            w_l = w[kept]
-            for j in range(width):
-                pot[j] += w[j] * v
-                arrived[j] += max(w[j] - w_l, 0.0)
+            i, a_now = _arrive(readout_table, n_cls, keys, k, idx, val, kept, pot, arrived)
             used += fan[i]
-            a_now = v
             k += 1
     if k == 0:
         return used, np.float64(window)
