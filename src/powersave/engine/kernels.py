@@ -72,6 +72,20 @@ def _jit(**options):  # type: ignore[no-untyped-def]
 # -- per-sample pieces ---------------------------------------------------------------------------
 
 
+@_jit(inline="always")
+def _spike_time(v, scale, end, cut):  # type: ignore[no-untyped-def]
+    """Spike time of a neuron with float32 potential ``v``, before and after the cut-off.
+
+    ``coding.encode``'s float32 operations: ``end - min(v, A) / A`` if ``v > 0`` and that is
+    before the window's end, else never (``inf``); after the cut-off, never if later than
+    ``cut``. Inlined into every encoding loop, which then still vectorises.
+    """
+    never = np.float32(np.inf)
+    t = end - min(v, scale) / scale
+    pre = t if (v > 0) & (t < end) else never
+    return pre, pre if pre <= cut else never
+
+
 @_jit()
 def _encode(z, size, p, popf, nxt, rec, s, rec_off, record, sign):  # type: ignore[no-untyped-def]
     """Encode potentials ``sign * z[:size]`` of population ``p`` into ``nxt`` (cut applied).
@@ -93,17 +107,13 @@ def _encode(z, size, p, popf, nxt, rec, s, rec_off, record, sign):  # type: igno
     saturated = 0
     for j in range(size):
         v = flip * z[j]
-        t = end - min(v, scale) / scale
-        pre = t if (v > 0) & (t < end) else never
-        post = pre if pre <= cut else never
+        post = _spike_time(v, scale, end, cut)[1]
         nxt[j] = post
         sent += post < never
         saturated += v > threshold
     if record:
         for j in range(size):
-            v = flip * z[j]
-            t = end - min(v, scale) / scale
-            rec[s, rec_off + j] = t if (v > 0) & (t < end) else never
+            rec[s, rec_off + j] = _spike_time(flip * z[j], scale, end, cut)[0]
     return sent, saturated
 
 
@@ -128,9 +138,7 @@ def _encode_gather(z, size, p, popf, nxt, sign, fanout, f_off, offset, idx, val,
     ops = 0
     for j in range(size):
         v = flip * z[j]
-        t = end - min(v, scale) / scale
-        pre = t if (v > 0) & (t < end) else never
-        post = pre if pre <= cut else never
+        post = _spike_time(v, scale, end, cut)[1]
         nxt[j] = post
         fired = post < never
         idx[nf] = j + offset
@@ -345,9 +353,7 @@ def encode_batch(
         saturated = 0
         for j in range(n_out):
             v = z[s, j] + bias[j]
-            t = end - min(v, scale) / scale
-            pre = t if (v > 0) & (t < end) else never
-            post = pre if pre <= cut else never
+            pre, post = _spike_time(v, scale, end, cut)
             out[s, j] = post
             sent += post < never
             saturated += v > threshold
