@@ -216,17 +216,27 @@ def _engine_function(kind: str, name: str, net: Any, mode: str) -> tuple[Any, An
 
 def _times(fn: Any, batches: list[np.ndarray], repeats: int) -> dict[str, float]:
     """Microseconds per sample over all ``batches``: median, min and max over ``repeats``."""
-    for xb in batches[:3]:
-        fn(xb)  # warm up (and compile, on a cold cache)
-    samples = sum(len(xb) for xb in batches)
-    per_sample, cpu = [], []
-    for _ in range(repeats):
-        start, start_cpu = time.perf_counter(), time.process_time()
-        for xb in batches:
+    return _interleaved({"": fn}, batches, repeats)[""]
+
+
+def _interleaved(
+    functions: dict[str, Any], batches: list[np.ndarray], repeats: int
+) -> dict[str, dict[str, float]]:
+    """:func:`_times` of several functions, which take turns within each repeat."""
+    for fn in functions.values():  # warm up (and compile, on a cold cache)
+        for xb in batches[:3]:
             fn(xb)
-        per_sample.append((time.perf_counter() - start) / samples * 1e6)
-        cpu.append((time.process_time() - start_cpu) / samples * 1e6)
-    return _summary(per_sample, cpu)
+    samples = sum(len(xb) for xb in batches)
+    wall: dict[str, list[float]] = {label: [] for label in functions}
+    cpu: dict[str, list[float]] = {label: [] for label in functions}
+    for _ in range(repeats):
+        for label, fn in functions.items():
+            start, start_cpu = time.perf_counter(), time.process_time()
+            for xb in batches:
+                fn(xb)
+            wall[label].append((time.perf_counter() - start) / samples * 1e6)
+            cpu[label].append((time.process_time() - start_cpu) / samples * 1e6)
+    return {label: _summary(wall[label], cpu[label]) for label in functions}
 
 
 def _summary(per_sample: list[float], cpu: list[float]) -> dict[str, float]:
@@ -299,21 +309,8 @@ def timing_worker(spec: dict[str, Any]) -> dict[str, Any]:
             (f"batch_1_threads_{threads}", latency),
             (f"batch_{batch}_threads_{threads}", throughput),
         ):
-            samples = sum(len(xb) for xb in batches)
-            wall: dict[str, list[float]] = {label: [] for label in functions}
-            cpu: dict[str, list[float]] = {label: [] for label in functions}
-            for fn in functions.values():  # warm up (and compile, on a cold cache)
-                for xb in batches[:3]:
-                    fn(xb)
-            for _ in range(spec["repeats"]):
-                for label, fn in functions.items():
-                    start, start_cpu = time.perf_counter(), time.process_time()
-                    for xb in batches:
-                        fn(xb)
-                    wall[label].append((time.perf_counter() - start) / samples * 1e6)
-                    cpu[label].append((time.process_time() - start_cpu) / samples * 1e6)
-            for label in functions:
-                results[label][key] = _summary(wall[label], cpu[label])
+            for label, times in _interleaved(functions, batches, spec["repeats"]).items():
+                results[label][key] = times
         if limits is not None:
             limits.unregister()
     return results
@@ -340,14 +337,7 @@ def _subprocess(
 _COLD = """
 import time
 start = time.perf_counter()
-import json, resource, sys
-
-def peak_rss_mb():
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+import json, sys
 
 import numpy as np
 import powersave
@@ -357,6 +347,7 @@ loaded = time.perf_counter()
 x = np.load(sys.argv[2])
 net.session("balanced").predict(x)
 first = time.perf_counter()
+from benchmarks.engine import peak_rss_mb  # after the timing; imports only what ran above
 print(json.dumps({
     "import_s": imported - start,
     "load_s": loaded - imported,

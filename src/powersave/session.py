@@ -70,10 +70,11 @@ class Session:
         self._min_batch = compiled.DEFAULT_COSTS.min_batch
         self._kernel = compiled.k._run
         steps = prog.steps
-        self._head = (0, len(steps), steps, prog.weights, prog.fanout, popf, popd)
-        self._tail = (
-            prog.rec_offsets, prog.readout_table, self.plan.early_decision, self.plan.margin,
-            prog.max_size, compiled.NO_OUT,
+        # The kernel's arguments between the batch and its outputs (kernels.run_steps's order).
+        self._program_args = (
+            0, len(steps), steps, prog.weights, prog.fanout, popf, popd, prog.rec_offsets,
+            prog.readout_table, self.plan.early_decision, self.plan.margin, prog.max_size,
+            compiled.NO_OUT,
         )  # fmt: skip
         self._layers = (len(prog.layers), len(prog.populations))
 
@@ -141,7 +142,7 @@ class Session:
             return result.logits.astype(np.float64)
         logits = np.empty((n, self._classes))
         bad, clipped = self._kernel(
-            np.ascontiguousarray(x).reshape(n, -1), *self._head, *self._tail, logits,
+            np.ascontiguousarray(x).reshape(n, -1), *self._program_args, logits,
             np.empty(n), compiled.NO_REC, False, self._counts, *self._layers,
         )  # fmt: skip
         if bad:  # non-finite or (unsigned input) negative values; nothing ran
