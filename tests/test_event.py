@@ -23,26 +23,6 @@ def tiny_mlp() -> Graph:
     )
 
 
-def test_tiny_mlp_hand_computed() -> None:
-    run = run_events(tiny_mlp(), np.array([[0.5, 0.0, 1.0]], np.float32), record_spikes=True)
-    assert run.times is not None
-    # Input: 0.5 fires at 1 - 0.5 = 0.5, 1.0 at the window start, 0 never.
-    np.testing.assert_allclose(run.times[0], [[0.5, np.inf, 0.0]])
-    # Hidden z = (2.5, 1.0) with A = 2.5: 2.5 fires at 1.0, 1.0 at 1 + 1 - 1/2.5 = 1.6.
-    np.testing.assert_allclose(run.times[1], [[1.0, 1.6]], rtol=1e-6)
-    np.testing.assert_allclose(run.logits, [[3.5, 1.0]], rtol=1e-6)
-    s = run.stats
-    assert s.spikes == (2, 2)
-    # Fan-out: input 0 reaches 1 neuron, input 2 reaches 2; hidden 0 reaches 1, hidden 1 two.
-    assert s.layer_synaptic_ops == (3, 3)
-    assert s.layer_dense_macs == (6, 4)
-    assert s.layer_zero_skip_ops == (3, 3)
-    assert (s.synaptic_ops, s.dense_macs, s.zero_skip_ops) == (6, 10, 6)
-    assert s.neuron_updates == 4
-    assert s.spikes_per_neuron == pytest.approx(4 / 5)
-    assert s.spikes_per_hidden_neuron == pytest.approx(1.0)
-
-
 def conv_readout(kernel: list[list[float]], padding: int) -> Graph:
     return Graph(
         (
