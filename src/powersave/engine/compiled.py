@@ -23,14 +23,14 @@ from dataclasses import dataclass, field
 import numba
 import numpy as np
 
-from powersave.coding import decode, encode
+from powersave.coding import decode
 from powersave.engine import kernels as k
 from powersave.engine import ops as numpy_ops
 from powersave.engine.costs import SynapticCost
 from powersave.engine.event import (
     EventResult,
-    count_saturated,
     cut_late_spikes,
+    encode_population,
     graph_costs,
     zero_skip_ops,
 )
@@ -505,11 +505,9 @@ def _dense_layer(
         b.layer_out = NO_OUT
         return
     p = int(row[k.POP_OUT])
-    scale = prog.scales[p]
-    b.counts[0, n_layers + n_pops + p] += count_saturated(z, scale)
-    fired_times = encode(z, scale, p)
-    times = cut_late_spikes(fired_times, p, plan)
-    b.counts[0, n_layers + p] += int(np.count_nonzero(np.isfinite(times)))
+    fired_times, times, clipped, sent = encode_population(z, prog.scales[p], p, plan)
+    b.counts[0, n_layers + n_pops + p] += clipped
+    b.counts[0, n_layers + p] += sent
     if record:
         off = int(prog.rec_offsets[p])
         b.rec[:, off : off + prog.neurons[p]] = fired_times.reshape(n, -1)

@@ -93,6 +93,16 @@ def cut_late_spikes(times: np.ndarray, window: int, plan: Plan) -> np.ndarray:
     return np.where(times <= window + c, times, np.inf)
 
 
+def encode_population(
+    a: np.ndarray, scale: float, window: int, plan: Plan
+) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Activations ``a`` of population ``window`` as spikes: the times before and after the
+    plan's cut-off, the neurons saturated, and the spikes sent."""
+    fired_times = encode(a, scale, window)
+    times = cut_late_spikes(fired_times, window, plan)
+    return fired_times, times, count_saturated(a, scale), int(np.count_nonzero(np.isfinite(times)))
+
+
 def run_events(
     graph: Graph,
     x: np.ndarray,
@@ -124,10 +134,8 @@ def run_events(
     # Window 0: the input population, ON/OFF split when signed.
     a = split_on_off(x.astype(np.float32, copy=False), graph.input.signed)
     scale = graph.input.scale
-    saturated = [count_saturated(a, scale)]
-    fired_times = encode(a, scale, 0)
-    times = cut_late_spikes(fired_times, 0, plan)
-    spikes = [int(np.count_nonzero(np.isfinite(times)))]
+    fired_times, times, clipped, sent = encode_population(a, scale, 0, plan)
+    saturated, spikes = [clipped], [sent]
     recorded = [times] if record_spikes else []
     recorded_fired = [fired_times] if record_spikes else []
     window = 0
@@ -168,10 +176,9 @@ def run_events(
             else:
                 scale = node.scale  # type: ignore[assignment]
                 window += 1
-                saturated.append(count_saturated(z, scale))
-                fired_times = encode(z, scale, window)
-                times = cut_late_spikes(fired_times, window, plan)
-                spikes.append(int(np.count_nonzero(np.isfinite(times))))
+                fired_times, times, clipped, sent = encode_population(z, scale, window, plan)
+                saturated.append(clipped)
+                spikes.append(sent)
                 if record_spikes:
                     recorded.append(times)
                     recorded_fired.append(fired_times)
