@@ -238,3 +238,34 @@ def test_one_row_of_counters_is_never_shared_between_threads() -> None:
         totals.append(counts.sum(axis=0))
     assert totals[0].sum() > 0
     np.testing.assert_array_equal(totals[0], totals[1])
+
+
+@pytest.mark.parametrize("kernels", ["event", "dense"])
+def test_raw_inputs_are_checked_whichever_kernel_reads_them_first(kernels: str) -> None:
+    """A first layer on the dense kernel reads the raw inputs itself (kernels.input_batch):
+    it refuses what step 0 of the event kernel refuses, with check_batch's error."""
+    from powersave.inputs import InputError
+
+    g, x = small_mlp(4)
+    for value, message in ((np.nan, "NaN or infinite"), (-1.0, "negative")):
+        bad = x.copy()
+        bad[-1, 0, 2, 3] = value
+        with pytest.raises(InputError, match=message):
+            run_compiled(g, bad, kernels=kernels)
+
+
+def test_a_dense_chain_passes_intensities_with_the_same_counts_and_records() -> None:
+    """Raw inputs → Dense → Dense on the dense kernels (intensities passed along, never spike
+    times) gives the event kernels' counts, recorded spikes and predictions."""
+    g, x = small_mlp(5)
+    plan = Plan(cutoffs=(0.6, 0.8))
+    chained = run_compiled(g, x, plan, kernels="dense", record_spikes=True)
+    event = run_compiled(g, x, plan, kernels="event", record_spikes=True)
+    assert chained.stats.kernels == (DENSE, DENSE)
+    assert sum(chained.stats.spikes) > 0
+    assert chained.stats.layer_synaptic_ops == event.stats.layer_synaptic_ops
+    assert chained.stats.spikes == event.stats.spikes
+    assert chained.stats.saturated == event.stats.saturated
+    for a, b in zip(chained.fired, event.fired, strict=True):  # type: ignore[arg-type]
+        np.testing.assert_allclose(a, b, atol=2e-6)
+    np.testing.assert_array_equal(chained.logits.argmax(1), event.logits.argmax(1))

@@ -353,11 +353,7 @@ def _steps(
         b.decided, b.rec, record, b.counts, len(prog.layers), len(prog.populations), threads,
     )  # fmt: skip
     if bad:  # nothing ran: the inputs hold NaN, infinities or (unsigned input) negative values
-        from powersave.inputs import check_batch
-
-        input_shape = prog.shapes[0]
-        check_batch(src.reshape(-1, *input_shape), input_shape, signed=bool(prog.steps[0, k.FLAG]))
-        raise AssertionError("the kernel refused inputs that check_batch accepts")  # unreachable
+        _refuse(prog, src)
 
 
 def _planned_choices(
@@ -407,16 +403,20 @@ def _layered(
 
     Consecutive steps on the event kernels run as one segment (one call, no population
     written out in between); a layer on the dense kernel runs on its own. With a known activity
-    profile every choice is made up front, so that event layers fuse; without one (the first
-    large batch of a plan) each layer is decided from the measured activity of its inputs. The
-    batch's activity becomes the plan's profile.
+    profile every choice is made up front, so that event layers fuse, and a chain of Dense
+    layers on the dense kernel (from the raw inputs on, when the first layer is one of them)
+    passes intensities from one to the next instead of spike times written out and read back.
+    Without a profile (the first large batch of a plan) each layer is decided from the measured
+    activity of its inputs. The batch's activity becomes the plan's profile.
     """
     n = src.shape[0]
     readout = prog.readout
     choices = _planned_choices(prog, plan, n, kernels, cost_model)
     chosen: list[str] = []
-    cur = src  # raw inputs before step 0, spike times after
+    cur = src  # raw inputs before step 0, then spike times, or intensities (see `decoded`)
+    decoded = False  # whether `cur` holds the intensities of the next layer, its operations counted
     pending = 0  # first step of the event segment not yet run
+    synaptic = prog.synaptic_steps
 
     def flush(stop: int) -> None:
         nonlocal cur, pending
@@ -429,7 +429,19 @@ def _layered(
             cur = out
         pending = stop
 
-    for st in prog.synaptic_steps:
+    def dense_chain(layer: int) -> bool:
+        """Whether synaptic layer ``layer`` is a Dense layer on the dense kernel that reads the
+        population the step before it writes (only Flatten between)."""
+        if choices is None or layer >= len(synaptic) or choices[layer] != DENSE:
+            return False
+        st = synaptic[layer]
+        before = synaptic[layer - 1] if layer else 0
+        between = range(before + 1, st)
+        return prog.steps[st, k.KIND] == k.K_DENSE and all(
+            prog.steps[i, k.KIND] == k.K_FLATTEN for i in between
+        )
+
+    for st in synaptic:
         layer = int(prog.steps[st, k.LAYER])
         if choices is not None:
             choice = choices[layer]
@@ -454,12 +466,43 @@ def _layered(
         chosen.append(choice)
         if choice == EVENT:
             continue
-        flush(st)
-        _dense_layer(graph, prog, plan, st, cur, popf, b, record)
-        cur = b.layer_out
+        if layer == 0 and dense_chain(0):  # raw inputs straight to the layer's intensities
+            cur = _input_intensities(prog, plan, src, popf, int(prog.steps[st, k.F_OFF]), b, record)
+            decoded = True
+        else:
+            flush(st)
+        chain = prog.steps[st, k.KIND] == k.K_DENSE and dense_chain(layer + 1)
+        nxt = synaptic[layer + 1] if chain else -1
+        _dense_layer(graph, prog, plan, st, cur, decoded, nxt, popf, b, record)
+        cur, decoded = b.layer_out, nxt >= 0
         pending = st + 1
     flush(readout + 1)
     return tuple(chosen)
+
+
+def _input_intensities(
+    prog: Program, plan: Plan, src: np.ndarray, popf: np.ndarray, f_off: int, b: _Buffers,
+    record: bool,
+) -> np.ndarray:  # fmt: skip
+    """The first layer's intensities from the raw inputs (``kernels.input_batch``)."""
+    a = np.empty((src.shape[0], prog.neurons[0]), np.float32)
+    bad, _ = k.input_batch(
+        src, prog.steps[0], popf, prog.fanout, f_off, 0, a, b.rec, record, b.counts,
+        len(prog.layers), len(prog.populations),
+    )  # fmt: skip
+    if bad:
+        _refuse(prog, src)
+    return a
+
+
+def _refuse(prog: Program, src: np.ndarray) -> None:
+    """Raise ``check_batch``'s error for raw inputs a kernel refused (NaN, infinities, or
+    negative values for an unsigned input)."""
+    from powersave.inputs import check_batch
+
+    input_shape = prog.shapes[0]
+    check_batch(src.reshape(-1, *input_shape), input_shape, signed=bool(prog.steps[0, k.FLAG]))
+    raise AssertionError("the kernel refused inputs that check_batch accepts")  # unreachable
 
 
 def _dense_layer(
@@ -468,11 +511,15 @@ def _dense_layer(
     plan: Plan,
     st: int,
     cur: np.ndarray,
+    decoded: bool,
+    nxt_st: int,
     popf: np.ndarray,
     b: _Buffers,
     record: bool,
 ) -> None:
-    """Step ``st`` on the dense kernel; its (cut) output spike times go to ``b.layer_out``."""
+    """Step ``st`` on the dense kernel; its output goes to ``b.layer_out``: the (cut) spike
+    times, or, when ``nxt_st >= 0`` (the next step is a Dense layer on the dense kernel), their
+    intensities with that layer's operations counted. ``decoded``: ``cur`` holds intensities."""
     n = cur.shape[0]
     n_layers, n_pops = len(prog.layers), len(prog.populations)
     row = prog.steps[st]
@@ -481,17 +528,22 @@ def _dense_layer(
     if isinstance(node, Dense):
         # Decode in numba, the product in BLAS (the numpy engine's own `a @ W.T`), bias,
         # encode, cut-off and counts in numba.
-        a = np.empty((n, cur.shape[1]), np.float32)
-        k.decode_batch(cur, row, popf, prog.fanout, a, b.counts)
+        a = cur
+        if not decoded:
+            a = np.empty((n, cur.shape[1]), np.float32)
+            k.decode_batch(cur, row, popf, prog.fanout, a, b.counts)
         z = a @ node.weight.T
         nxt = np.empty((n, int(row[k.OUT_SIZE])), np.float32)
         p = int(row[k.POP_OUT])
+        f_next = int(prog.steps[nxt_st, k.F_OFF]) if nxt_st >= 0 else 0
         k.encode_batch(
             z, row, prog.weights, popf, nxt, b.logits, b.rec, record,
             int(prog.rec_offsets[p]) if p >= 0 else 0, b.counts, n_layers, n_pops,
+            prog.fanout, f_next, layer + 1 if nxt_st >= 0 else -1,
         )  # fmt: skip
         b.layer_out = nxt
         return
+    assert not decoded and nxt_st < 0  # only Dense layers chain
     # A convolution or pooling: the numpy engine's own arithmetic (decode, im2col and BLAS,
     # encode, cut).
     p_in = int(row[k.POP_IN])

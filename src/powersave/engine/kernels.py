@@ -109,8 +109,8 @@ def _encode(z, size, p, popf, nxt, rec, s, rec_off, record, sign):  # type: igno
         v = flip * z[j]
         post = _spike_time(v, scale, end, cut)[1]
         nxt[j] = post
-        sent += post < never
-        saturated += v > threshold
+        sent += np.int64(post < never)
+        saturated += np.int64(v > threshold)
     if record:
         for j in range(size):
             rec[s, rec_off + j] = _spike_time(flip * z[j], scale, end, cut)[0]
@@ -143,10 +143,10 @@ def _encode_gather(z, size, p, popf, nxt, sign, fanout, f_off, offset, idx, val,
         fired = post < never
         idx[nf] = j + offset
         val[nf] = scale * (end - post)
-        ops += fan[j] if fired else 0
-        nf += fired
-        sent += fired
-        saturated += v > threshold
+        ops += fan[j] * np.int64(fired)
+        nf += np.int64(fired)
+        sent += np.int64(fired)
+        saturated += np.int64(v > threshold)
     return sent, saturated, nf, ops
 
 
@@ -165,8 +165,8 @@ def _gather(cur, size, scale, end, fanout, f_off, idx, val):  # type: ignore[no-
         fired = t < np.inf
         idx[nf] = i
         val[nf] = scale * (end - t)
-        ops += fan[i] if fired else 0
-        nf += fired
+        ops += fan[i] * np.int64(fired)
+        nf += np.int64(fired)
     return nf, ops
 
 
@@ -326,18 +326,25 @@ def decode_batch(src, row, popf, fanout, a, counts):  # type: ignore[no-untyped-
             t = src[s, i]
             fired = t < np.inf
             a[s, i] = scale * (end - t) if fired else np.float32(0.0)
-            ops += fan[i] if fired else 0
+            ops += fan[i] * np.int64(fired)
         counts[s if counts.shape[0] > 1 else 0, layer] += ops
 
 
 @_jit(nogil=True)
 def encode_batch(
-    z, row, weights, popf, out, logits, rec, record, rec_off, counts, n_layers, n_pops
-):  # type: ignore[no-untyped-def]
+    z, row, weights, popf, out, logits, rec, record, rec_off, counts, n_layers, n_pops,
+    fanout, f_next, next_layer,
+):  # fmt: skip
     """The dense kernel's second half: add the bias to ``z`` ``(N, out)`` (``a @ W.T``) and
     encode the potentials into the (cut) spike times ``out``, counting spikes and saturated
     neurons, or, for the readout, write them to ``logits``. Float32 arithmetic of ``ops.dense``
-    (bias added after the product) and :func:`_encode`."""
+    (bias added after the product) and :func:`_encode`.
+
+    With ``next_layer >= 0`` (the next layer runs dense too) ``out`` gets the decoded
+    intensities instead, what :func:`decode_batch` would make of the times (0 where silent),
+    and that layer's synaptic operations (fan-outs from ``fanout[f_next:]``) are counted here:
+    the times are never written out and read back.
+    """
     n_out, b_off, p_out = row[OUT_SIZE], row[B_OFF], row[POP_OUT]
     bias = weights[b_off : b_off + n_out]
     never = np.float32(np.inf)
@@ -348,20 +355,92 @@ def encode_batch(
         return
     scale, end = popf[p_out, P_SCALE], popf[p_out, P_END]
     threshold, cut = popf[p_out, P_SAT], popf[p_out, P_CUT]
+    intensities = next_layer >= 0
+    fan = fanout[f_next : f_next + n_out]
     for s in range(z.shape[0]):
         sent = 0
         saturated = 0
+        ops = 0
         for j in range(n_out):
             v = z[s, j] + bias[j]
             pre, post = _spike_time(v, scale, end, cut)
-            out[s, j] = post
-            sent += post < never
-            saturated += v > threshold
+            fired = post < never
+            if intensities:
+                out[s, j] = scale * (end - post) if fired else np.float32(0.0)
+                ops += fan[j] * np.int64(fired)
+            else:
+                out[s, j] = post
+            sent += np.int64(fired)
+            saturated += np.int64(v > threshold)
             if record:
                 rec[s, rec_off + j] = pre
         c = s if counts.shape[0] > 1 else 0
         counts[c, n_layers + p_out] += sent
         counts[c, n_layers + n_pops + p_out] += saturated
+        if intensities:
+            counts[c, next_layer] += ops
+
+
+@_jit(nogil=True)
+def input_batch(  # type: ignore[no-untyped-def]
+    src, row, popf, fanout, f_next, next_layer, a, rec, record, counts, n_layers, n_pops
+):  # fmt: skip
+    """Raw inputs straight to the intensities ``a`` ``(N, F)`` of a first layer that runs dense.
+
+    What step 0 of :func:`_run` and :func:`decode_batch` compute one after the other (the check
+    of the raw values, the ON/OFF split, the encoding with the cut-off, the decoding, the
+    counts of spikes, saturated inputs and the layer's operations), in one pass, without writing
+    the spike times out. Returns ``_run``'s (bad, clipped); with bad inputs nothing is counted.
+    """
+    signed = row[FLAG] != 0
+    n_in = row[IN_SIZE]
+    scale, end = popf[0, P_SCALE], popf[0, P_END]
+    threshold, cut = popf[0, P_SAT], popf[0, P_CUT]
+    never = np.float32(np.inf)
+    fan = fanout[f_next:]
+    n = src.shape[0]
+    found = np.zeros((n, 3), np.int64)  # spikes, saturated, operations: counted once all is good
+    bad = 0
+    for s in range(n):
+        x = src[s]
+        out = a[s]
+        sent = 0
+        saturated = 0
+        ops = 0
+        for i in range(n_in):  # the ON channels (the inputs themselves), and the check
+            v = x[i]
+            bad += np.int64((not abs(v) <= FLOAT32_MAX) | ((v < 0) & (not signed)))
+            post = _spike_time(v, scale, end, cut)[1]
+            fired = post < never
+            out[i] = scale * (end - post) if fired else np.float32(0.0)
+            ops += fan[i] * np.int64(fired)
+            sent += np.int64(fired)
+            saturated += np.int64(v > threshold)
+        if signed:  # the OFF channels, relu(-x)
+            for i in range(n_in):
+                v = -x[i]
+                post = _spike_time(v, scale, end, cut)[1]
+                fired = post < never
+                out[n_in + i] = scale * (end - post) if fired else np.float32(0.0)
+                ops += fan[n_in + i] * np.int64(fired)
+                sent += np.int64(fired)
+                saturated += np.int64(v > threshold)
+        found[s, 0], found[s, 1], found[s, 2] = sent, saturated, ops
+    clipped = found[:, 1].sum()  # = inputs above the scale, ON or OFF
+    if bad:
+        return bad, clipped
+    for s in range(n):
+        c = s if counts.shape[0] > 1 else 0
+        counts[c, n_layers] += found[s, 0]
+        counts[c, n_layers + n_pops] += found[s, 1]
+        counts[c, next_layer] += found[s, 2]
+    if record:
+        for s in range(n):
+            for side in range(2 if signed else 1):
+                flip = np.float32(1.0 if side == 0 else -1.0)
+                for i in range(n_in):
+                    rec[s, side * n_in + i] = _spike_time(flip * src[s, i], scale, end, cut)[0]
+    return 0, clipped
 
 
 @_jit()

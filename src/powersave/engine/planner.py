@@ -47,7 +47,7 @@ class CostModel:
     """
 
     op: dict[str, float] = field(
-        default_factory=lambda: {"dense": 0.14, "conv": 0.3, "avgpool": 1.0}
+        default_factory=lambda: {"dense": 0.22, "conv": 0.3, "avgpool": 1.0}
     )
     mac: dict[str, float] = field(
         default_factory=lambda: {"dense": 0.03, "conv": 0.6, "avgpool": 1.0}
@@ -55,7 +55,7 @@ class CostModel:
     scan: float = 1.0
     out: float = 1.0
     fixed: float = 800.0
-    elem: float = 1.2
+    elem: float = 0.5
     call: float = 20_000.0
     min_batch: int = 32
 
