@@ -534,53 +534,6 @@ def _arrival_order(cur, nf, idx, window, keys):  # type: ignore[no-untyped-def]
 
 
 @_jit()
-def _certain(pot, arrived, magnitude, readout_table, n_cls, leader, keep, a_now, rounding):  # type: ignore[no-untyped-def]
-    """Whether ``leader`` beats every rival whatever the unarrived inputs do (see _early).
-
-    Every rival is tested, branch-free: a vectorised pass beats an early exit at C = 10.
-    """
-    best = pot[leader]
-    m_l = magnitude[leader]
-    fails = 0
-    for r in range(n_cls):
-        lead = best - pot[r]
-        bound = keep * a_now * (readout_table[leader, r] - arrived[r])
-        tolerance = rounding * (m_l + magnitude[r])
-        fails += (not lead > bound + tolerance) & (r != leader)
-    return fails == 0
-
-
-@_jit()
-def _leader(pot, n_cls):  # type: ignore[no-untyped-def]
-    """``argmax(pot[:n_cls])``, the first of equals (numpy's argmax)."""
-    leader = 0
-    best = pot[0]
-    for j in range(1, n_cls):
-        if pot[j] > best:
-            best = pot[j]
-            leader = j
-    return leader
-
-
-@_jit(inline="always")
-def _arrive(table, n_cls, keys, k, idx, val, kept, pot, arrived):  # type: ignore[no-untyped-def]
-    """Add arrival ``k`` to the potentials and to the bound row of leader ``kept``.
-
-    Returns the input's index and its intensity (float64). Inlined: a call would cost numba's
-    reference counting of the array arguments, per spike.
-    """
-    o = keys[k] & 0xFFFFFFFF
-    i = idx[o]
-    v = np.float64(val[o])
-    w = table[n_cls + 1 + i]
-    w_l = w[kept]
-    for j in range(table.shape[1]):
-        pot[j] += w[j] * v
-        arrived[j] += max(w[j] - w_l, 0.0)
-    return i, v
-
-
-@_jit()
 def _early(  # type: ignore[no-untyped-def]
     row, weights, fanout, cur, nf, idx, val, scale64, window, margin, readout_table, keys, work, z
 ):  # fmt: skip
@@ -610,10 +563,13 @@ def _early(  # type: ignore[no-untyped-def]
     n_cls = row[OUT_SIZE]
     width = readout_table.shape[1]  # n_cls padded (zero weights)
     b_off = row[B_OFF]
-    fan = fanout[row[F_OFF] :]
+    f_off = row[F_OFF]
+    first = n_cls + 1  # row of W^T[0] in the table
     pot = work[0]
     arrived = work[1]  # sum over arrived inputs of max(0, w_ir - w_i,kept)
-    magnitude = work[2]  # rows 3 and 4: a snapshot of rows 0 and 1
+    magnitude = work[2]
+    saved_pot = work[3]  # the state before the block, for a replay
+    saved_arrived = work[4]
     # Float32 rounding bound of the full pass, as in event._early_decision: (H + 1) * 2**-23
     # times |b| + A * sum_i |w_i|, for the leader and the rival.
     rounding = (row[IN_SIZE] + 1) * 2.0**-23
@@ -628,43 +584,67 @@ def _early(  # type: ignore[no-untyped-def]
     used = 0
     kept = 0  # the leader whose row `arrived` holds
     k = 0
-    while True:  # test, then advance a block of arrivals without testing
-        leader = _leader(pot, n_cls)
+    saved_k, saved_a, saved_used, saved_kept = k, a_now, used, kept
+    replaying = False
+    last = 0  # in a replay: the arrival at which the block's test passed
+    # One loop, no helper calls (numba reference-counts the array arguments of every call it
+    # does not inline, which costs more than a test): test, then advance a block of arrivals
+    # (one arrival at a time in a replay).
+    while True:
+        leader = 0  # argmax(pot[:n_cls]), the first of equals (numpy's argmax)
+        best = pot[0]
+        for j in range(1, n_cls):
+            if pot[j] > best:
+                best = pot[j]
+                leader = j
         if leader != kept:
             _leader_row(readout_table, n_cls, idx, keys, k, leader, arrived)
             kept = leader
-        if _certain(pot, arrived, magnitude, readout_table, n_cls, leader, keep, a_now, rounding):
-            break
-        if k == nf:  # never certain: the whole window, the full pass's answer
+        # The certificate, for every rival, branch-free (a vectorised pass beats an early exit).
+        m_l = magnitude[leader]
+        fails = 0
+        for r in range(n_cls):
+            bound = keep * a_now * (readout_table[leader, r] - arrived[r])
+            tolerance = rounding * (m_l + magnitude[r])
+            fails += np.int64(not best - pot[r] > bound + tolerance) * np.int64(r != leader)
+        if replaying:
+            if k > saved_k and (k == last or fails == 0):
+                break
+        elif fails == 0:
+            if k - saved_k <= 1:
+                break
+            # The block passed: replay it from the saved state, testing at each arrival, to
+            # find the first that passes.
+            replaying = True
+            last = k
+            k, a_now, used, kept = saved_k, saved_a, saved_used, saved_kept
+            for j in range(width):
+                pot[j] = saved_pot[j]
+                arrived[j] = saved_arrived[j]
+            continue
+        elif k == nf:  # never certain: the whole window, the full pass's answer
             _dense(row, weights, nf, idx, val, z)
             for j in range(n_cls):
                 pot[j] = z[j]
             return used, np.float64(window + 1.0)
-        snap_k, snap_a, snap_used, snap_kept = k, a_now, used, kept
-        work[3:5] = work[0:2]  # the potentials and the bound row, for a replay
-        stop = min(k + block, nf)
-        while k < stop:
-            i, a_now = _arrive(readout_table, n_cls, keys, k, idx, val, kept, pot, arrived)
-            used += fan[i]
-            k += 1
-    if k > 0 and k - snap_k > 1:  # replay the block: the first certain arrival may be earlier
-        last = k
-        k, a_now, used, kept = snap_k, snap_a, snap_used, snap_kept
-        work[0:2] = work[3:5]
-        while True:
-            leader = _leader(pot, n_cls)
-            if leader != kept:
-                _leader_row(readout_table, n_cls, idx, keys, k, leader, arrived)
-                kept = leader
-            if k > snap_k and (
-                k == last
-                or _certain(
-                    pot, arrived, magnitude, readout_table, n_cls, leader, keep, a_now, rounding
-                )
-            ):
-                break
-            i, a_now = _arrive(readout_table, n_cls, keys, k, idx, val, kept, pot, arrived)
-            used += fan[i]
+        if replaying:
+            stop = k + 1
+        else:
+            saved_k, saved_a, saved_used, saved_kept = k, a_now, used, kept
+            for j in range(width):
+                saved_pot[j] = pot[j]
+                saved_arrived[j] = arrived[j]
+            stop = min(k + block, nf)
+        while k < stop:  # arrivals: to the potentials, and to the bound row of the kept leader
+            o = keys[k] & 0xFFFFFFFF
+            i = idx[o]
+            a_now = np.float64(val[o])
+            w = readout_table[first + i]
+            w_l = w[kept]
+            for j in range(width):
+                pot[j] += w[j] * a_now
+                arrived[j] += max(w[j] - w_l, 0.0)
+            used += fanout[f_off + i]
             k += 1
     if k == 0:
         return used, np.float64(window)
