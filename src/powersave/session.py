@@ -64,10 +64,12 @@ class Session:
         self._prog = prog
         self._inputs = prog.neurons[0]
         self._shape = tuple(graph.input.shape)
+        self._features = int(np.prod(self._shape))
         self._classes = prog.n_classes
         self._counts = np.zeros((1, prog.n_counts), np.int64)  # the kernel adds every sample
         self._n = 0
         self._min_batch = compiled.DEFAULT_COSTS.min_batch
+        self._decided = np.empty(self._min_batch)  # decision times: not kept by a session
         self._kernel = compiled.k._run
         steps = prog.steps
         # The kernel's arguments between the batch and its outputs (kernels.run_steps's order).
@@ -123,15 +125,14 @@ class Session:
             run = self.network.run(x, self.plan, baselines=False, engine="numpy")
             self._add(run.stats)
             return run.logits.astype(np.float64)
-        fast = (
+        if not (
             type(x) is np.ndarray
             and x.dtype == np.float32
+            and x.flags.c_contiguous
             and x.shape[1:] == self._shape
-            and x.ndim == len(self._shape) + 1
             and x.shape[0] >= 1
-        )
-        if not fast:
-            x = self.network.check_inputs(x)  # a clear error, or a float32 batch
+        ):
+            x = np.ascontiguousarray(self.network.check_inputs(x))  # a clear error, or a batch
         n = x.shape[0]
         if n >= self._min_batch:  # the planner's path (it refuses bad inputs too)
             result = compiled.run_compiled(
@@ -142,12 +143,13 @@ class Session:
             return result.logits.astype(np.float64)
         logits = np.empty((n, self._classes))
         bad, clipped = self._kernel(
-            np.ascontiguousarray(x).reshape(n, -1), *self._program_args, logits,
-            np.empty(n), compiled.NO_REC, False, self._counts, *self._layers,
+            x.reshape(n, self._features), *self._program_args, logits, self._decided[:n],
+            compiled.NO_REC, False, self._counts, *self._layers,
         )  # fmt: skip
         if bad:  # non-finite or (unsigned input) negative values; nothing ran
             self.network.check_inputs(x)  # raises, with the reason
-        warn_if_clipped(clipped, n * self._inputs, self.network, 3)
+        if clipped:
+            warn_if_clipped(clipped, n * self._inputs, self.network, 3)
         self._n += n
         return logits
 
