@@ -41,7 +41,7 @@ class CostModel:
         scan: event kernel, per input neuron (finding the ones that fired, decoding them).
         out: event kernel, per output neuron (bias, encoding).
         fixed: event kernel, per sample and layer (scratch, copies) when run layer by layer.
-        elem: dense path, per input and output neuron (numpy decode, encode, counting).
+        elem: dense path, per input and output neuron (decoding or encoding, counting).
         call: dense path, fixed overhead of one layer call (spread over the batch).
         min_batch: below this batch size every layer runs event-driven, in one fused call.
     """
