@@ -54,8 +54,8 @@ def warn_if_clipped(clipped: int, values: int, network: Network, stacklevel: int
 DEFAULT_CHUNK = 128
 
 
-def _engine(name: str) -> Callable[..., EventResult]:
-    """The run function of an engine name."""
+def engine_runner(name: str) -> Callable[..., EventResult]:
+    """The run function of an engine name (``"auto"`` falls back to numpy without numba)."""
     if name == "numpy":
         return run_events
     if name in ("auto", "compiled"):
@@ -182,7 +182,7 @@ class Network:
             costs=self.costs,
             record_spikes=record_spikes,
             baselines=False,
-            runner=_engine(engine),
+            runner=engine_runner(engine),
         )
         seconds = time.perf_counter() - start  # the spiking path only, never the baseline
         stats = result.stats

@@ -23,8 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from powersave.engine.event import run_events
 from powersave.engine.stats import RunStats
-from powersave.network import Network, warn_if_clipped
+from powersave.network import Network, engine_runner, warn_if_clipped
 
 
 class Session:
@@ -36,22 +37,17 @@ class Session:
         mode: ``"full"``, a calibrated mode's name, or a :class:`~powersave.plan.Plan`.
         engine: ``"auto"`` (compiled when numba is installed), ``"compiled"`` or ``"numpy"``.
         """
-        if engine not in ("auto", "compiled", "numpy"):
-            raise ValueError(f"engine must be 'auto', 'compiled' or 'numpy', got {engine!r}")
+        runner = engine_runner(engine)  # checks the name; "auto" without numba: numpy
         self.network = network
         self.plan = network.plan(mode)
         self.mode = self.plan.name or (mode if isinstance(mode, str) else "custom")
         self._batches: RunStats | None = None  # the counts of the calls run_compiled answered
         self._compiled = None
-        if engine != "numpy":
-            try:
-                from powersave.engine import compiled
-            except ImportError:
-                if engine == "compiled":
-                    raise ImportError("engine='compiled' needs numba: pip install numba") from None
-            else:
-                self._compiled = compiled
-                self._setup()
+        if runner is not run_events:
+            from powersave.engine import compiled
+
+            self._compiled = compiled
+            self._setup()
         self.engine = "compiled" if self._compiled is not None else "numpy"
 
     def _setup(self) -> None:

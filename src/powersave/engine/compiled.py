@@ -28,7 +28,9 @@ from powersave.engine import kernels as k
 from powersave.engine import ops as numpy_ops
 from powersave.engine.costs import SynapticCost
 from powersave.engine.event import (
+    SATURATION_MARGIN,
     EventResult,
+    count_ops,
     cut_late_spikes,
     encode_population,
     graph_costs,
@@ -124,7 +126,8 @@ class Program:
             popd = np.empty(len(self.populations), np.float64)
             for p, scale in enumerate(self.scales):
                 c = plan.cutoff(p)
-                popf[p] = (scale, p + 1.0, scale * (1 + 1e-5), p + c if c < 1.0 else np.inf)
+                saturation = scale * (1 + SATURATION_MARGIN)
+                popf[p] = (scale, p + 1.0, saturation, p + c if c < 1.0 else np.inf)
                 popd[p] = scale
             table = self._plans[plan] = (popf, popd)
         return table
@@ -331,7 +334,6 @@ class _Buffers:
     decided: np.ndarray  # (N,) decision times
     rec: np.ndarray  # (N, sum of population sizes) spike times before cut-offs, or (1, 1)
     counts: np.ndarray  # (N, Program.n_counts) int64
-    layer_out: np.ndarray = field(default_factory=lambda: NO_OUT)  # a dense layer's output
 
 
 def _steps(
@@ -356,34 +358,40 @@ def _steps(
         _refuse(prog, src)
 
 
+def _choose(prog: Program, plan: Plan, layer: int, active: float, n: int, model: CostModel) -> str:
+    """The planner's kernel for synaptic layer ``layer`` of a batch of ``n`` whose inputs fire
+    with share ``active`` (operations over dense MACs). A readout with an early decision is
+    always event-driven: it stops mid-window, which only the event kernel can."""
+    if plan.early_decision and layer == len(prog.layers) - 1:
+        return EVENT
+    st = prog.synaptic_steps[layer]
+    return model.choose(
+        prog.kinds[layer],
+        int(prog.steps[st, k.IN_SIZE]),
+        int(prog.steps[st, k.OUT_SIZE]),
+        prog.dense_macs[layer],
+        active,
+        n,
+    )
+
+
 def _planned_choices(
     prog: Program, plan: Plan, n: int, kernels: str, cost_model: CostModel
 ) -> list[str] | None:
     """Every layer's kernel before the run, or ``None`` to decide layer by layer (no profile).
 
     ``"auto"`` uses the activity this plan showed on the previous large batch
-    (:attr:`Program.activity`); a readout with an early decision is always event-driven.
+    (:attr:`Program.activity`); ``"dense"`` the dense kernel wherever one can run.
     """
     if kernels == DENSE:
         choices = [DENSE] * len(prog.layers)
-    else:
-        activity = prog.activity.get(plan)
-        if activity is None:
-            return None
-        choices = [
-            cost_model.choose(
-                prog.kinds[layer],
-                int(prog.steps[st, k.IN_SIZE]),
-                int(prog.steps[st, k.OUT_SIZE]),
-                prog.dense_macs[layer],
-                activity[layer],
-                n,
-            )
-            for layer, st in enumerate(prog.synaptic_steps)
-        ]
-    if plan.early_decision:
-        choices[-1] = EVENT  # the early decision stops mid-window: only the event kernel can
-    return choices
+        if plan.early_decision:
+            choices[-1] = EVENT  # the early decision's readout, as in _choose
+        return choices
+    activity = prog.activity.get(plan)
+    if activity is None:
+        return None
+    return [_choose(prog, plan, layer, a, n, cost_model) for layer, a in enumerate(activity)]
 
 
 def _layered(
@@ -445,50 +453,37 @@ def _layered(
         layer = int(prog.steps[st, k.LAYER])
         if choices is not None:
             choice = choices[layer]
-        else:
-            flush(st)  # the activity entering this layer is measured, not predicted
-            choice = kernels
-            if st == readout and plan.early_decision:
-                choice = EVENT
-            elif kernels == "auto":
-                # The profile's measure: operations over dense MACs (fan-out weighted, so that
-                # pruned weights and convolution borders count as they cost).
-                ops = int(np.isfinite(cur).sum(axis=0) @ prog.costs[layer].fanout.reshape(-1))
-                active = ops / (n * prog.dense_macs[layer]) if prog.dense_macs[layer] else 0.0
-                choice = cost_model.choose(
-                    prog.kinds[layer],
-                    cur.shape[1],
-                    int(prog.steps[st, k.OUT_SIZE]),
-                    prog.dense_macs[layer],
-                    active,
-                    n,
-                )
+        else:  # no profile yet ("auto"): the activity entering this layer is measured
+            flush(st)
+            fanout = prog.costs[layer].fanout.reshape(-1)
+            macs = n * prog.dense_macs[layer]
+            active = count_ops(np.isfinite(cur), fanout) / macs if macs else 0.0
+            choice = _choose(prog, plan, layer, active, n, cost_model)
         chosen.append(choice)
         if choice == EVENT:
             continue
         if layer == 0 and dense_chain(0):  # raw inputs straight to the layer's intensities
-            cur = _input_intensities(prog, plan, src, popf, int(prog.steps[st, k.F_OFF]), b, record)
+            cur = _input_intensities(prog, popf, src, b, record)
             decoded = True
         else:
             flush(st)
         chain = prog.steps[st, k.KIND] == k.K_DENSE and dense_chain(layer + 1)
         nxt = synaptic[layer + 1] if chain else -1
-        _dense_layer(graph, prog, plan, st, cur, decoded, nxt, popf, b, record)
-        cur, decoded = b.layer_out, nxt >= 0
+        cur = _dense_layer(graph, prog, plan, st, cur, decoded, nxt, popf, b, record)
+        decoded = nxt >= 0
         pending = st + 1
     flush(readout + 1)
     return tuple(chosen)
 
 
 def _input_intensities(
-    prog: Program, plan: Plan, src: np.ndarray, popf: np.ndarray, f_off: int, b: _Buffers,
-    record: bool,
-) -> np.ndarray:  # fmt: skip
+    prog: Program, popf: np.ndarray, src: np.ndarray, b: _Buffers, record: bool
+) -> np.ndarray:
     """The first layer's intensities from the raw inputs (``kernels.input_batch``)."""
     a = np.empty((src.shape[0], prog.neurons[0]), np.float32)
     bad, _ = k.input_batch(
-        src, prog.steps[0], popf, prog.fanout, f_off, 0, a, b.rec, record, b.counts,
-        len(prog.layers), len(prog.populations),
+        src, prog.steps[0], popf, prog.fanout, a, b.rec, record, b.counts, len(prog.layers),
+        len(prog.populations),
     )  # fmt: skip
     if bad:
         _refuse(prog, src)
@@ -516,10 +511,10 @@ def _dense_layer(
     popf: np.ndarray,
     b: _Buffers,
     record: bool,
-) -> None:
-    """Step ``st`` on the dense kernel; its output goes to ``b.layer_out``: the (cut) spike
-    times, or, when ``nxt_st >= 0`` (the next step is a Dense layer on the dense kernel), their
-    intensities with that layer's operations counted. ``decoded``: ``cur`` holds intensities."""
+) -> np.ndarray:
+    """Step ``st`` on the dense kernel; returns its output: the (cut) spike times, or, when
+    ``nxt_st >= 0`` (the next step is a Dense layer on the dense kernel), their intensities
+    with that layer's operations counted. ``decoded``: ``cur`` holds intensities."""
     n = cur.shape[0]
     n_layers, n_pops = len(prog.layers), len(prog.populations)
     row = prog.steps[st]
@@ -541,21 +536,18 @@ def _dense_layer(
             int(prog.rec_offsets[p]) if p >= 0 else 0, b.counts, n_layers, n_pops,
             prog.fanout, f_next, layer + 1 if nxt_st >= 0 else -1,
         )  # fmt: skip
-        b.layer_out = nxt
-        return
+        return nxt
     assert not decoded and nxt_st < 0  # only Dense layers chain
     # A convolution or pooling: the numpy engine's own arithmetic (decode, im2col and BLAS,
     # encode, cut).
     p_in = int(row[k.POP_IN])
     fired = np.isfinite(cur)
     a = decode(cur.reshape(n, *prog.shapes[st - 1]), prog.scales[p_in], p_in)
-    fan = prog.costs[layer].fanout.reshape(-1).astype(np.float64)
-    b.counts[:, layer] += (fired.astype(np.float64) @ fan).astype(np.int64)  # exact below 2^53
-    z = numpy_ops.synaptic(a.astype(np.float32), node)  # type: ignore[arg-type]
+    b.counts[0, layer] += count_ops(fired, prog.costs[layer].fanout.reshape(-1))
+    z = numpy_ops.synaptic(a, node)  # type: ignore[arg-type]
     if st == prog.readout:
         b.logits[:] = z.reshape(n, -1)
-        b.layer_out = NO_OUT
-        return
+        return NO_OUT
     p = int(row[k.POP_OUT])
     fired_times, times, clipped, sent = encode_population(z, prog.scales[p], p, plan)
     b.counts[0, n_layers + n_pops + p] += clipped
@@ -563,7 +555,7 @@ def _dense_layer(
     if record:
         off = int(prog.rec_offsets[p])
         b.rec[:, off : off + prog.neurons[p]] = fired_times.reshape(n, -1)
-    b.layer_out = np.ascontiguousarray(times, dtype=np.float32).reshape(n, -1)
+    return np.ascontiguousarray(times, dtype=np.float32).reshape(n, -1)
 
 
 def _remember_activity(prog: Program, plan: Plan, n: int, totals: list[int]) -> None:

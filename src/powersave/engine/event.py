@@ -65,9 +65,14 @@ def count_ops(fired: np.ndarray, fanout: np.ndarray) -> int:
     return int(np.tensordot(fired.astype(np.int64), fanout, axes=fired.ndim - 1).sum())
 
 
+#: A neuron saturates when its potential exceeds the scale ``A`` by more than this share
+#: (float32 rounding of the code).
+SATURATION_MARGIN = 1e-5
+
+
 def count_saturated(a: np.ndarray, scale: float) -> int:
     """Neurons clipped by the scale: above ``A`` by more than float32 rounding of the code."""
-    return int(np.count_nonzero(a > scale * (1 + 1e-5)))
+    return int(np.count_nonzero(a > scale * (1 + SATURATION_MARGIN)))
 
 
 def zero_skip_ops(

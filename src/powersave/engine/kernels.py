@@ -86,6 +86,13 @@ def _spike_time(v, scale, end, cut):  # type: ignore[no-untyped-def]
     return pre, pre if pre <= cut else never
 
 
+@_jit(inline="always")
+def _intensity(t, scale, end):  # type: ignore[no-untyped-def]
+    """``coding.decode``'s float32 intensity of spike time ``t``: ``A * (end - t)``, 0 for a
+    neuron that sent nothing (``t = inf``)."""
+    return scale * (end - t) if t < np.inf else np.float32(0.0)
+
+
 @_jit()
 def _encode(z, size, p, popf, nxt, rec, s, rec_off, record, sign):  # type: ignore[no-untyped-def]
     """Encode potentials ``sign * z[:size]`` of population ``p`` into ``nxt`` (cut applied).
@@ -142,7 +149,7 @@ def _encode_gather(z, size, p, popf, nxt, sign, fanout, f_off, offset, idx, val,
         nxt[j] = post
         fired = post < never
         idx[nf] = j + offset
-        val[nf] = scale * (end - post)
+        val[nf] = scale * (end - post)  # _intensity without its select: written, not kept
         ops += fan[j] * np.int64(fired)
         nf += np.int64(fired)
         sent += np.int64(fired)
@@ -164,7 +171,7 @@ def _gather(cur, size, scale, end, fanout, f_off, idx, val):  # type: ignore[no-
         t = cur[i]
         fired = t < np.inf
         idx[nf] = i
-        val[nf] = scale * (end - t)
+        val[nf] = scale * (end - t)  # _intensity without its select: written, not kept
         ops += fan[i] * np.int64(fired)
         nf += np.int64(fired)
     return nf, ops
@@ -325,7 +332,7 @@ def decode_batch(src, row, popf, fanout, a, counts):  # type: ignore[no-untyped-
         for i in range(n_in):
             t = src[s, i]
             fired = t < np.inf
-            a[s, i] = scale * (end - t) if fired else np.float32(0.0)
+            a[s, i] = _intensity(t, scale, end)
             ops += fan[i] * np.int64(fired)
         counts[s if counts.shape[0] > 1 else 0, layer] += ops
 
@@ -366,7 +373,7 @@ def encode_batch(
             pre, post = _spike_time(v, scale, end, cut)
             fired = post < never
             if intensities:
-                out[s, j] = scale * (end - post) if fired else np.float32(0.0)
+                out[s, j] = _intensity(post, scale, end)
                 ops += fan[j] * np.int64(fired)
             else:
                 out[s, j] = post
@@ -382,22 +389,20 @@ def encode_batch(
 
 
 @_jit(nogil=True)
-def input_batch(  # type: ignore[no-untyped-def]
-    src, row, popf, fanout, f_next, next_layer, a, rec, record, counts, n_layers, n_pops
-):  # fmt: skip
+def input_batch(src, row, popf, fanout, a, rec, record, counts, n_layers, n_pops):  # type: ignore[no-untyped-def]
     """Raw inputs straight to the intensities ``a`` ``(N, F)`` of a first layer that runs dense.
 
     What step 0 of :func:`_run` and :func:`decode_batch` compute one after the other (the check
     of the raw values, the ON/OFF split, the encoding with the cut-off, the decoding, the
     counts of spikes, saturated inputs and the layer's operations), in one pass, without writing
-    the spike times out. Returns ``_run``'s (bad, clipped); with bad inputs nothing is counted.
+    the spike times out. Returns ``_run``'s (bad, clipped): with bad inputs (``bad > 0``)
+    nothing is counted.
     """
     signed = row[FLAG] != 0
     n_in = row[IN_SIZE]
     scale, end = popf[0, P_SCALE], popf[0, P_END]
     threshold, cut = popf[0, P_SAT], popf[0, P_CUT]
     never = np.float32(np.inf)
-    fan = fanout[f_next:]
     n = src.shape[0]
     found = np.zeros((n, 3), np.int64)  # spikes, saturated, operations: counted once all is good
     bad = 0
@@ -407,22 +412,16 @@ def input_batch(  # type: ignore[no-untyped-def]
         sent = 0
         saturated = 0
         ops = 0
-        for i in range(n_in):  # the ON channels (the inputs themselves), and the check
-            v = x[i]
-            bad += np.int64((not abs(v) <= FLOAT32_MAX) | ((v < 0) & (not signed)))
-            post = _spike_time(v, scale, end, cut)[1]
-            fired = post < never
-            out[i] = scale * (end - post) if fired else np.float32(0.0)
-            ops += fan[i] * np.int64(fired)
-            sent += np.int64(fired)
-            saturated += np.int64(v > threshold)
-        if signed:  # the OFF channels, relu(-x)
+        for side in range(2 if signed else 1):  # ON channels (x), then OFF (relu(-x))
+            flip = np.float32(1.0 if side == 0 else -1.0)
+            off = side * n_in
             for i in range(n_in):
-                v = -x[i]
+                v = flip * x[i]
+                bad += np.int64((not abs(v) <= FLOAT32_MAX) | ((v < 0) & (not signed)))
                 post = _spike_time(v, scale, end, cut)[1]
                 fired = post < never
-                out[n_in + i] = scale * (end - post) if fired else np.float32(0.0)
-                ops += fan[n_in + i] * np.int64(fired)
+                out[off + i] = _intensity(post, scale, end)
+                ops += fanout[off + i] * np.int64(fired)  # the first layer's fan-outs lead
                 sent += np.int64(fired)
                 saturated += np.int64(v > threshold)
         found[s, 0], found[s, 1], found[s, 2] = sent, saturated, ops
@@ -433,7 +432,7 @@ def input_batch(  # type: ignore[no-untyped-def]
         c = s if counts.shape[0] > 1 else 0
         counts[c, n_layers] += found[s, 0]
         counts[c, n_layers + n_pops] += found[s, 1]
-        counts[c, next_layer] += found[s, 2]
+        counts[c, 0] += found[s, 2]
     if record:
         for s in range(n):
             for side in range(2 if signed else 1):
