@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks.engine import peak_rss_mb
 
 SIZES = (2_000, 20_000)
 
@@ -28,15 +29,15 @@ def _worker(network: str, data: str, engine: str) -> None:
 
     net = powersave.load(network)
     x = np.load(data, mmap_mode="r")
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = peak_rss_mb()
     run = net.run(x, "balanced" if "balanced" in net.modes else "full", engine=engine)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = peak_rss_mb()
     print(
         json.dumps(
             {
                 "n": int(x.shape[0]),
-                "peak_rss_mb": peak / 1024,
-                "before_run_mb": before / 1024,
+                "peak_rss_mb": peak,
+                "before_run_mb": before,
                 "synaptic_ops_per_sample": run.stats.synaptic_ops_per_sample,
             }
         )
