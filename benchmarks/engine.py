@@ -39,9 +39,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from torch import nn
 
 OUT = Path("out/bench")
 SCALE_PERCENTILE = 99.9
@@ -120,6 +123,30 @@ def _train(name: str, epochs: int, net_path: Path, torch_path: Path) -> dict[str
 # -- one engine, measured in a fresh process ------------------------------------------------------
 
 
+def load_trained(name: str = "mlp") -> nn.Sequential:
+    """The trained PyTorch model the engine benchmark caches, in eval mode.
+
+    Raises:
+        ValueError: ``name`` is not one of the benchmark's networks.
+        FileNotFoundError: the benchmark has not trained it yet.
+    """
+    import safetensors.torch
+
+    from powersave.frontend import mlp, small_cnn
+
+    if name not in MODELS:
+        raise ValueError(f"unknown network {name!r}; the benchmark's are {sorted(MODELS)}")
+    path = _paths(OUT, name)[1]
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} is missing: the engine benchmark trains and caches it; run "
+            "`python -m benchmarks.engine --quick` (from the repository root) once"
+        )
+    model = mlp() if name == "mlp" else small_cnn()
+    model.load_state_dict(safetensors.torch.load_file(str(path)))
+    return model.eval()
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident set size, in MB.
 
@@ -162,14 +189,9 @@ def _engine_function(kind: str, name: str, net: Any, mode: str) -> tuple[Any, An
     ``count(x) -> (predictions, synaptic operations)`` (accuracy and operations, untimed)."""
     graph = net.graph
     if kind == "torch":
-        import safetensors.torch
         import torch
 
-        from powersave.frontend import mlp, small_cnn
-
-        model = mlp() if name == "mlp" else small_cnn()
-        model.load_state_dict(safetensors.torch.load_file(str(_paths(OUT, name)[1])))
-        model.eval()
+        model = load_trained(name)
 
         def run_torch(x: np.ndarray) -> np.ndarray:
             with torch.inference_mode():

@@ -44,10 +44,10 @@ from benchmarks.engine import (
     MODELS,
     OUT,
     SCALE_PERCENTILE,
-    _paths,
     _set_threads,
     _subprocess,
     _times,
+    load_trained,
     peak_rss_mb,
 )
 
@@ -78,30 +78,6 @@ def unavailable() -> str | None:
     except Exception as error:  # ImportError, or a missing dependency of sinabs (matplotlib)
         return f"sinabs is not importable: {type(error).__name__}: {error}"
     return None
-
-
-def load_trained(name: str = "mlp") -> nn.Sequential:
-    """The trained PyTorch model the engine benchmark caches, in eval mode.
-
-    Raises:
-        ValueError: ``name`` is not one of the benchmark's networks.
-        FileNotFoundError: the benchmark has not trained it yet.
-    """
-    import safetensors.torch
-
-    from powersave.frontend import mlp, small_cnn
-
-    if name not in MODELS:
-        raise ValueError(f"unknown network {name!r}; the benchmark's are {sorted(MODELS)}")
-    path = _paths(OUT, name)[1]
-    if not path.exists():
-        raise FileNotFoundError(
-            f"{path} is missing: the engine benchmark trains and caches it; run "
-            "`python -m benchmarks.engine --quick` (from the repository root) once"
-        )
-    model = mlp() if name == "mlp" else small_cnn()
-    model.load_state_dict(safetensors.torch.load_file(str(path)))
-    return model.eval()
 
 
 # -- conversion -----------------------------------------------------------------------------------
@@ -284,14 +260,6 @@ def evaluate(
     }
 
 
-def _ann_accuracy(model: nn.Sequential, x: np.ndarray, y: np.ndarray) -> float:
-    import torch
-
-    with torch.inference_mode():
-        predicted = model(torch.from_numpy(np.array(x, dtype=np.float32))).argmax(1).numpy()
-    return float(np.mean(predicted == y))
-
-
 def _needed(sweep: list[dict[str, Any]], ann: float, tolerance_pp: float) -> dict[str, Any] | None:
     """The sweep entry with the fewest steps within ``tolerance_pp`` of ``ann``, or None."""
     within = [s for s in sweep if 100 * (ann - s["accuracy"]) <= tolerance_pp + 1e-9]
@@ -386,6 +354,7 @@ def sinabs_peer(
     import sinabs
 
     from powersave.data import load_mnist10k
+    from powersave.frontend.train import evaluate_accuracy
 
     say = progress or (lambda _line: None)
     encodings = ENCODINGS if encoding == "auto" else (encoding,)
@@ -399,7 +368,7 @@ def sinabs_peer(
     data = load_mnist10k()
     x, y = data.test.x[:samples], data.test.y[:samples]
     trained = load_trained(name)
-    ann = _ann_accuracy(trained, x, y)
+    ann = evaluate_accuracy(trained, x, y)
     model, scales = normalise(
         trained, data.calibration.x, percentile=percentile, method=normalisation
     )
