@@ -35,7 +35,13 @@ from tqdm.auto import tqdm
 from powersave._atomic import write_text_atomic
 from powersave._version import __version__
 from powersave.api import convert
-from powersave.criticality import branching_ratio, damage_spreading, fit_power_law, layer_gains
+from powersave.criticality import (
+    branching_ratio,
+    damage_spreading,
+    fit_power_law,
+    hidden_chi_geomean,
+    layer_gains,
+)
 from powersave.data import Dataset, Splits, load_mnist10k
 from powersave.energy import load_profile
 from powersave.network import Network
@@ -246,12 +252,6 @@ def train_variant(
     return model, info
 
 
-def _chi_summary(gains: Sequence[Any]) -> float:
-    """Geometric mean of the hidden layers' χ (the readout excluded): one number per network."""
-    hidden = [g.chi for g in gains if not g.readout and g.chi > 0]
-    return float(np.exp(np.mean(np.log(hidden)))) if hidden else float("nan")
-
-
 def run_one(
     model_name: str,
     variant: str,
@@ -303,7 +303,7 @@ def run_one(
         "chi": [g.chi for g in gains],
         "chi_layers": [g.layer for g in gains],
         "chi_stderr": [g.stderr for g in gains],
-        "chi_hidden_geomean": _chi_summary(gains),
+        "chi_hidden_geomean": hidden_chi_geomean(gains),
         "branching_ratio": full["branching_ratio"],
         "avalanche_exponent": None if fit is None else fit.alpha,
         "avalanches": {**avalanches.summary(), "fit": None if fit is None else fit.to_dict()},

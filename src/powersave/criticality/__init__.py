@@ -11,7 +11,12 @@ from powersave.criticality.avalanches import (
     damage_spreading,
     fit_power_law,
 )
-from powersave.criticality.diagnostics import LayerGain, branching_ratio, layer_gains
+from powersave.criticality.diagnostics import (
+    LayerGain,
+    branching_ratio,
+    hidden_chi_geomean,
+    layer_gains,
+)
 from powersave.criticality.summary import diagnose
 
 __all__ = [
@@ -22,5 +27,6 @@ __all__ = [
     "damage_spreading",
     "diagnose",
     "fit_power_law",
+    "hidden_chi_geomean",
     "layer_gains",
 ]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import itertools
 import math
 import warnings
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from typing import Any, Literal
 import numpy as np
 
 from powersave.coding import split_on_off
+from powersave.criticality.diagnostics import branching_ratio
 from powersave.engine.event import run_chunked
 from powersave.graph.graph import Graph
 from powersave.graph.nodes import Input
@@ -68,8 +68,7 @@ class Avalanches:
 
         The first entry is per perturbed input spike (one per event).
         """
-        totals = [float(len(self.sizes)), *self.layer_sizes.sum(axis=0).astype(float)]
-        return [b / a if a > 0 else None for a, b in itertools.pairwise(totals)]
+        return branching_ratio([len(self.sizes), *self.layer_sizes.sum(axis=0)])
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready summary: the distribution and the damage branching ratios."""

@@ -178,6 +178,13 @@ def layer_gains(
     return tuple(gains)
 
 
+def hidden_chi_geomean(gains: Sequence[LayerGain]) -> float | None:
+    """Geometric mean of the hidden layers' χ (the readout excluded, and layers with χ = 0):
+    one number per network; ``None`` when there is none to average."""
+    hidden = [g.chi for g in gains if not g.readout and g.chi > 0]
+    return float(np.exp(np.mean(np.log(hidden)))) if hidden else None
+
+
 def branching_ratio(spikes: Sequence[float]) -> list[float | None]:
     """``σ_ℓ = S_{ℓ+1} / S_ℓ`` for populations' spike counts ``spikes`` (input first).
 

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from powersave.criticality.avalanches import damage_spreading, fit_power_law
-from powersave.criticality.diagnostics import branching_ratio, layer_gains
+from powersave.criticality.diagnostics import branching_ratio, hidden_chi_geomean, layer_gains
 from powersave.network import Network
 from powersave.plan import Plan
 
@@ -44,7 +42,6 @@ def diagnose(
     batch = network.check_inputs(x)
     plan = network.plan(mode)
     gains = layer_gains(network, batch[:chi_samples], mode=plan, probes=probes, seed=seed)
-    hidden = [g.chi for g in gains if not g.readout and g.chi > 0]
     run = network.run(batch, plan, baselines=False)
     spikes = [s / run.stats.n_samples for s in run.stats.spikes]
     avalanches = damage_spreading(
@@ -61,7 +58,7 @@ def diagnose(
         "mode": plan.name or str(mode),
         "samples": int(batch.shape[0]),
         "chi": [g.to_dict() for g in gains],
-        "chi_hidden_geomean": float(np.exp(np.mean(np.log(hidden)))) if hidden else None,
+        "chi_hidden_geomean": hidden_chi_geomean(gains),
         "branching_ratio": branching_ratio(spikes),
         "spikes_per_sample": spikes,
         "avalanches": {
