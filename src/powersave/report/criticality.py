@@ -7,29 +7,26 @@ state is touched. :func:`write_criticality_report` writes the PNGs and ``critica
 from __future__ import annotations
 
 import base64
+import functools
 import html
-import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 from matplotlib.axes import Axes
-from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
 from powersave._atomic import write_bytes_atomic, write_text_atomic
-from powersave.report.plots import ReportError
+from powersave.report.html import _png
+from powersave.report.plots import ReportError, _new_axes
 
 VARIANT_COLOURS = {"plain": "#555555", "sparse": "#1b9e77", "critical": "#d95f02"}
 _MODE_MARKERS = {"full": "o", "balanced": "s", "saver": "^", "ultra": "v"}
-_DPI = 130
 
 
-def _axes(ax: Axes | None, figsize: tuple[float, float] = (6.0, 4.2)) -> Axes:
-    if ax is not None:
-        return ax
-    return Figure(figsize=figsize, layout="constrained").add_subplot()
+def _axes(ax: Axes | None) -> Axes:
+    return ax if ax is not None else _new_axes((6.0, 4.2))
 
 
 def _runs(results: Mapping[str, Any], model: str) -> list[Mapping[str, Any]]:
@@ -141,14 +138,6 @@ def plot_avalanches(results: Mapping[str, Any], model: str, ax: Axes | None = No
     return ax
 
 
-def _png(ax: Axes) -> bytes:
-    fig = cast(Figure, ax.figure)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=_DPI)
-    fig.clear()
-    return buffer.getvalue()
-
-
 def _summary_table(results: Mapping[str, Any]) -> str:
     keys = (
         ("dense_accuracy", "dense acc (%)", 100),
@@ -238,7 +227,7 @@ def write_criticality_report(results: Mapping[str, Any], out_dir: str | Path) ->
     )
     for model in models:
         for suffix, plot, caption in plots:
-            png = _png(plot(results, model))
+            png = _png(functools.partial(plot, results, model))
             path = out / f"{model}_{suffix}.png"
             write_bytes_atomic(path, png)
             written[path.name] = path
