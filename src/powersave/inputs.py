@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -75,15 +76,16 @@ def check_batch(
     nonfinite, first, low, high = 0, None, np.inf, -np.inf
     for start in range(0, array.shape[0], _BLOCK):
         block = array[start : start + _BLOCK]
-        if block.dtype.kind == "f":
+        block_low, block_high = float(block.min()), float(block.max())  # NaN if any is
+        if not (math.isfinite(block_low) and math.isfinite(block_high)):
             bad = ~np.isfinite(block)
-            if bad.any():
-                nonfinite += int(bad.sum())
-                if first is None:
-                    first = (start + int(np.argwhere(bad)[0][0]), *np.argwhere(bad)[0][1:])
-                continue
-        low = min(low, float(block.min()))
-        high = max(high, float(block.max()))
+            nonfinite += int(bad.sum())
+            if first is None:
+                where = np.argwhere(bad)[0]
+                first = (start + int(where[0]), *where[1:])
+            continue
+        low = min(low, block_low)
+        high = max(high, block_high)
     if nonfinite:
         raise InputError(
             f"{what} contain NaN or infinite values ({nonfinite} of them, the first at index "
