@@ -237,19 +237,13 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(f"wrote {args.nir} (NIR; opens with nir.read; see docs/nir.md for what consumers run)")
 
 
-def _dataset(spec: str) -> Any:
-    """Splits of a data set name or an ``.npz`` path."""
-    from powersave.data import load_dataset
-
-    return load_dataset(spec)
-
-
 def cmd_train(args: argparse.Namespace) -> None:
     from powersave.api import save
+    from powersave.data import load_dataset
     from powersave.frontend.pipeline import train_network
 
     trained = train_network(
-        _dataset(args.data),
+        load_dataset(args.data),
         model=args.model,
         variant=args.variant,
         seed=args.seed,
@@ -288,7 +282,7 @@ def cmd_criticality(args: argparse.Namespace) -> None:
     if args.out:
         _write_json(args.out, result)
     else:
-        print(json.dumps({k: v for k, v in result.items() if k != "avalanche_sizes"}, indent=1))
+        print(json.dumps(result, indent=1))
 
 
 def cmd_experiment(args: argparse.Namespace) -> None:

@@ -15,7 +15,7 @@ hidden populations.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
@@ -289,19 +289,6 @@ class TrainingOptions:
     quantization: Quantization | None = None
     criticality: CriticalityPenalty | None = None
 
-    @property
-    def any(self) -> bool:
-        return any(
-            v is not None
-            for v in (
-                self.activity,
-                self.pruning,
-                self.power_aware,
-                self.quantization,
-                self.criticality,
-            )
-        )
-
 
 # -- running the chain --------------------------------------------------------------------------
 
@@ -331,8 +318,8 @@ def _apply(op: Op, h: torch.Tensor) -> torch.Tensor:
     return op.module(h)
 
 
-def _tangent(op: Op, h: torch.Tensor, out: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """``J v`` of ``op`` at input ``h`` (output ``out``): exact for these piecewise-linear ops."""
+def _tangent(op: Op, h: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``J v`` of ``op`` at input ``h``: exact for these piecewise-linear ops."""
     module: Any = op.module
     if op.kind == "linear":
         return F.linear(v, module.weight)
@@ -414,7 +401,7 @@ def chain_forward(
     for op in ops:
         out = _apply(op, h)
         if v is not None:
-            v = _tangent(op, h, out, v)
+            v = _tangent(op, h, v)
         h = out
         if op.kind == "relu":
             index += 1
@@ -487,9 +474,6 @@ def weight_sparsity(model: nn.Module) -> list[dict[str, Any]]:
             share = zeros / weight.numel()
             rows.append({"name": op.name, "weights": weight.numel(), "zero_share": share})
     return rows
-
-
-StepLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class OptionsRunner:
