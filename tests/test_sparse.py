@@ -226,8 +226,7 @@ def test_criticality_penalty_pulls_chi_to_target() -> None:
 
 def test_train_network_and_checkpoints(tmp_path) -> None:
     from powersave.data import Dataset, Splits, load_mnist10k
-    from powersave.experiment import Recipe
-    from powersave.frontend.pipeline import build_model, load_checkpoint, train_network
+    from powersave.frontend.pipeline import Recipe, build_model, load_checkpoint, train_network
 
     full = load_mnist10k()
     data = Splits(

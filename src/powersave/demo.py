@@ -19,15 +19,16 @@ from threadpoolctl import threadpool_limits
 
 from powersave._atomic import write_text_atomic
 from powersave._version import __version__
-from powersave.api import convert, save
-from powersave.data import Dataset, Splits, load_mnist10k
+from powersave.api import SCALE_PERCENTILE, convert, save
+from powersave.data import Splits, load_mnist10k
 from powersave.energy import load_profile
 from powersave.network import Network
 from powersave.power.calibrate import calibrate
 from powersave.power.evaluate import evaluate, sweep
 
 PROFILES = ("cmos45-fp32", "cmos45-int8", "loihi")
-SCALE_PERCENTILE = 99.9
+#: Samples of the train, calibration and test splits in a quick run.
+QUICK_SIZES = (2000, 300, 300)
 
 #: name → (architecture label, training epochs)
 MODELS: dict[str, tuple[str, int]] = {
@@ -61,12 +62,6 @@ def _raster(network: Network, x: np.ndarray, y: np.ndarray, index: int) -> dict[
     }
 
 
-def _subset(dataset: Dataset, n: int | None) -> Dataset:
-    if n is None or n >= len(dataset.y):
-        return dataset
-    return Dataset(dataset.x[:n], dataset.y[:n], dataset.name)
-
-
 def run_model(
     name: str,
     out: Path,
@@ -85,9 +80,7 @@ def run_model(
     from powersave.frontend.train import predict
 
     splits = load_mnist10k()
-    size = (2000, 300, 300) if quick else (None, None, None)
-    parts = (splits.train, splits.calibration, splits.test)
-    data = Splits(*(_subset(d, n) for d, n in zip(parts, size, strict=True)))
+    data = splits.head(*QUICK_SIZES) if quick else splits
     architecture, epochs = MODELS[name]
     epochs = 1 if quick else epochs
     model = mlp(seed=seed) if name == "mlp" else small_cnn(seed=seed)
@@ -159,6 +152,31 @@ def run_model(
     }
 
 
+def results_header(default_command: str, quick: bool, data: Splits) -> dict[str, Any]:
+    """The head of a results file: version, time, command, machine, data set sizes, profiles."""
+    return {
+        "powersave_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(["powersave", *sys.argv[1:]]) if sys.argv else default_command,
+        "machine": {"platform": platform.platform(), "python": platform.python_version()},
+        "quick": quick,
+        "dataset": {
+            "name": "MNIST-10k sample",
+            "train": len(data.train.y),
+            "calibration": len(data.calibration.y),
+            "test": len(data.test.y),
+        },
+        "profiles": [
+            {
+                "name": p.name,
+                "description": p.description,
+                "sources": [s.citation for s in p.sources],
+            }
+            for p in map(load_profile, PROFILES)
+        ],
+    }
+
+
 def run_demo(
     out_dir: str | Path,
     *,
@@ -186,25 +204,7 @@ def run_demo(
     data = load_mnist10k()
     started = time.perf_counter()
     results: dict[str, Any] = {
-        "powersave_version": __version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(["powersave", *sys.argv[1:]]) if sys.argv else "run_demo",
-        "machine": {"platform": platform.platform(), "python": platform.python_version()},
-        "quick": quick,
-        "dataset": {
-            "name": "MNIST-10k sample",
-            "train": 2000 if quick else len(data.train.y),
-            "calibration": 300 if quick else len(data.calibration.y),
-            "test": 300 if quick else len(data.test.y),
-        },
-        "profiles": [
-            {
-                "name": p.name,
-                "description": p.description,
-                "sources": [s.citation for s in p.sources],
-            }
-            for p in map(load_profile, PROFILES)
-        ],
+        **results_header("run_demo", quick, data.head(*QUICK_SIZES) if quick else data),
         "models": [],
     }
     with threadpool_limits(limits=threads):

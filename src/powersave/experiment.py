@@ -18,14 +18,10 @@ that spread. Needs the ``torch`` extra and ``powerlaw``; schema in ``docs/critic
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import math
-import platform
-import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +29,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from powersave._atomic import write_text_atomic
-from powersave._version import __version__
-from powersave.api import convert
+from powersave.api import SCALE_PERCENTILE
 from powersave.criticality import (
     branching_ratio,
     damage_spreading,
@@ -42,19 +37,18 @@ from powersave.criticality import (
     hidden_chi_geomean,
     layer_gains,
 )
-from powersave.data import Dataset, Splits, load_mnist10k
-from powersave.energy import load_profile
-from powersave.network import Network
-from powersave.power.calibrate import calibrate
+from powersave.data import Splits, load_mnist10k
+from powersave.demo import MODELS, PROFILES, results_header
+from powersave.frontend.pipeline import (
+    VARIANTS,
+    Recipe,
+    convert_and_calibrate,
+    default_recipes,
+    train_variant,
+)
 from powersave.power.evaluate import evaluate
 
-PROFILES = ("cmos45-fp32", "cmos45-int8", "loihi")
-SCALE_PERCENTILE = 99.9
-VARIANTS = ("plain", "sparse", "critical")
-ARCHITECTURES = {
-    "mlp": "MLP 784-256-256-10",
-    "cnn": "CNN conv5x5(8)-pool-conv5x5(16)-pool-64-10",
-}
+ARCHITECTURES = {name: label for name, (label, _) in MODELS.items()}
 #: The issue's targets, for the best network in ``balanced`` on the test split.
 TARGET_OPS_SHARE = 0.10
 AIM_OPS_SHARE = 0.05
@@ -62,194 +56,7 @@ TARGET_ACCURACY_GAP_PP = 0.5
 TARGET_SPIKES_PER_HIDDEN = 0.1
 
 
-@dataclass(frozen=True)
-class Recipe:
-    """How one variant is trained (numbers only; the options are built from them).
-
-    Attributes:
-        epochs: epochs in all, fine-tuning included (the same for every variant of a model).
-        finetune_epochs: the last epochs, trained power-aware with the cut-offs of
-            ``power_aware_mode`` calibrated on the calibration split (0: no fine-tuning).
-        power_aware_mode: which calibrated mode's cut-offs are active while fine-tuning.
-        activity: :class:`~powersave.frontend.sparse.ActivityPenalty` weight (0: off).
-        activity_layers: its per hidden population factors ``λ_ℓ`` (None: 1 for each).
-        activity_kappa: its surrogate's width.
-        activity_warmup: the share of the first phase over which its weight ramps up from 0
-            (fine-tuning starts at full weight).
-        sparsity: :class:`~powersave.frontend.sparse.Pruning` target, one share for all layers
-            or one per Linear/Conv layer (0: off).
-        chi_weight: :class:`~powersave.frontend.sparse.CriticalityPenalty` weight (0: off).
-        chi_target: the χ it holds each hidden layer at.
-        lr, finetune_lr: Adam's learning rates (each phase decays its own along a cosine).
-    """
-
-    epochs: int
-    finetune_epochs: int = 0
-    power_aware_mode: str = "balanced"
-    activity: float = 0.0
-    activity_layers: tuple[float, ...] | None = None
-    activity_kappa: float = 1.0
-    activity_warmup: float = 0.0
-    sparsity: float | tuple[float, ...] = 0.0
-    chi_weight: float = 0.0
-    chi_target: float = 1.0
-    lr: float = 1e-3
-    finetune_lr: float = 3e-4
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["sparsity"] = list(self.sparsity) if isinstance(self.sparsity, tuple) else self.sparsity
-        if self.activity_layers is not None:
-            d["activity_layers"] = list(self.activity_layers)
-        return d
-
-
-def default_recipes(model: str, *, quick: bool = False) -> dict[str, Recipe]:
-    """The recipes of the three variants for ``model`` (``"mlp"`` or ``"cnn"``).
-
-    ``quick`` shrinks the epochs to 2 (1 of them fine-tuning): the same pipeline in seconds, for
-    tests; its figures mean little.
-    """
-    if model not in ARCHITECTURES:
-        raise ValueError(f"unknown model {model!r}; choose from {list(ARCHITECTURES)}")
-    sparse: Recipe
-    if model == "mlp":
-        # The readout's weights cost little (a hidden spike reaches 10 of them): prune it less.
-        sparse = Recipe(epochs=45, finetune_epochs=5, activity=0.4, sparsity=(0.9, 0.9, 0.5))
-    else:
-        # conv1 has only 200 weights and an untrained CNN is silenced for good by a
-        # full-strength activity penalty: prune conv1 lightly, ramp the penalty up. The
-        # per-layer factors are about proportional to the populations' sizes (6272, 3136, 64
-        # neurons), so that the penalty counts spikes, not shares: conv1 and conv2 send almost
-        # all of them, and silencing the 64-neuron dense layer would cost accuracy for nothing.
-        # Pruning is kept moderate: operations stay far below 10 % of dense, accuracy matters more.
-        sparse = Recipe(
-            epochs=30,
-            finetune_epochs=3,
-            activity=0.3,
-            activity_layers=(6.0, 3.0, 0.05),
-            activity_kappa=0.5,
-            activity_warmup=0.5,
-            sparsity=(0.3, 0.5, 0.75, 0.3),
-        )
-    if quick:
-        sparse = Recipe(**{**asdict(sparse), "epochs": 2, "finetune_epochs": 1})
-    return {
-        "plain": Recipe(epochs=sparse.epochs),
-        "sparse": sparse,
-        "critical": Recipe(**{**asdict(sparse), "chi_weight": 0.1, "chi_target": 1.0}),
-    }
-
-
 # -- one run ------------------------------------------------------------------------------------
-
-
-def _subset(dataset: Dataset, n: int | None) -> Dataset:
-    if n is None or n >= len(dataset.y):
-        return dataset
-    return Dataset(dataset.x[:n], dataset.y[:n], dataset.name)
-
-
-def _convert_calibrate(
-    model: Any, data: Splits, progress: bool, quick: bool = False
-) -> tuple[Network, dict]:
-    network = convert(model, data.calibration.x, percentile=SCALE_PERCENTILE)
-    steps: dict[str, Any] = {"start_step": 0.25, "min_step": 0.125} if quick else {}
-    calibration = calibrate(
-        network,
-        data.calibration.x,
-        data.calibration.y,
-        progress=progress,
-        profile=PROFILES[0],
-        **steps,
-    )
-    return calibration.network, calibration.modes
-
-
-def train_variant(
-    model_name: str,
-    recipe: Recipe,
-    data: Splits,
-    *,
-    seed: int,
-    threads: int | None = 1,
-    progress: bool = False,
-    quick: bool = False,
-) -> tuple[Any, dict[str, Any]]:
-    """Train one network by ``recipe`` on ``data.train``; returns the model and what was done.
-
-    A power-aware recipe converts and calibrates the network on ``data.calibration`` after its
-    first phase, to take the cut-offs of ``recipe.power_aware_mode``; nothing sees the test split.
-    """
-    from powersave.frontend import train_classifier
-    from powersave.frontend.pipeline import build_model
-    from powersave.frontend.sparse import (
-        ActivityPenalty,
-        CriticalityPenalty,
-        PowerAware,
-        Pruning,
-        weight_sparsity,
-    )
-
-    classes = int(max(data.train.y.max(), data.test.y.max())) + 1
-    model = build_model(model_name, tuple(data.train.x.shape[1:]), classes, seed=seed)
-    activity, steady = None, None
-    if recipe.activity > 0:
-        shape: dict[str, Any] = {
-            "weight": recipe.activity,
-            "kappa": recipe.activity_kappa,
-            "layers": recipe.activity_layers,
-        }
-        steady = ActivityPenalty(**shape)
-        activity = ActivityPenalty(**shape, warmup=recipe.activity_warmup)
-    pruned = recipe.sparsity if isinstance(recipe.sparsity, tuple) else recipe.sparsity > 0
-    pruning = Pruning(sparsity=recipe.sparsity) if pruned else None
-    criticality = (
-        CriticalityPenalty(target=recipe.chi_target, weight=recipe.chi_weight)
-        if recipe.chi_weight > 0
-        else None
-    )
-    first = recipe.epochs - recipe.finetune_epochs
-    common: dict[str, Any] = {"threads": threads, "progress": progress, "lr_decay": True}
-    start = time.perf_counter()
-    train_classifier(
-        model,
-        data.train.x,
-        data.train.y,
-        epochs=first,
-        seed=seed,
-        lr=recipe.lr,
-        activity=activity,
-        pruning=pruning,
-        criticality=criticality,
-        **common,
-    )
-    thresholds = None
-    if recipe.finetune_epochs > 0:
-        network, _ = _convert_calibrate(model, data, progress, quick)
-        power_aware = PowerAware.from_network(network, recipe.power_aware_mode)
-        thresholds = list(power_aware.thresholds)
-        keep = Pruning(sparsity=pruning.sparsity, start=0.0, end=0.0) if pruning else None
-        train_classifier(
-            model,
-            data.train.x,
-            data.train.y,
-            epochs=recipe.finetune_epochs,
-            seed=seed + 1,
-            lr=recipe.finetune_lr,
-            activity=steady,
-            pruning=keep,
-            power_aware=power_aware,
-            criticality=criticality,
-            **common,
-        )
-    info = {
-        "recipe": recipe.to_dict(),
-        "training_seconds": time.perf_counter() - start,
-        "power_aware_thresholds": thresholds,
-        "weight_sparsity": weight_sparsity(model),
-    }
-    return model, info
 
 
 def run_one(
@@ -276,7 +83,7 @@ def run_one(
         model_name, recipe, data, seed=seed, threads=threads, progress=progress, quick=quick
     )
     dense_accuracy = evaluate_accuracy(model, data.test.x, data.test.y)
-    network, calibrated = _convert_calibrate(model, data, progress, quick)
+    network, calibrated = convert_and_calibrate(model, data, progress, quick)
     results = evaluate(network, data.test.x, data.test.y, profiles=PROFILES)
     for record in results["modes"]:
         if record["name"] in calibrated:
@@ -588,35 +395,14 @@ def run_criticality_experiment(
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
-    splits = load_mnist10k()
-    sizes = (600, 200, 200) if quick else (None, None, None)
-    parts = (splits.train, splits.calibration, splits.test)
-    data = Splits(*(_subset(d, n) for d, n in zip(parts, sizes, strict=True)))
+    data = load_mnist10k()
+    if quick:
+        data = data.head(600, 200, 200)
     chosen = {m: (recipes or {}).get(m) or default_recipes(m, quick=quick) for m in models}
     measure = {m: measurement(m, quick=quick) for m in models}
     started = time.perf_counter()
     results: dict[str, Any] = {
-        "powersave_version": __version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(["powersave", *sys.argv[1:]])
-        if sys.argv
-        else "run_criticality_experiment",
-        "machine": {"platform": platform.platform(), "python": platform.python_version()},
-        "quick": quick,
-        "dataset": {
-            "name": "MNIST-10k sample",
-            "train": len(data.train.y),
-            "calibration": len(data.calibration.y),
-            "test": len(data.test.y),
-        },
-        "profiles": [
-            {
-                "name": p.name,
-                "description": p.description,
-                "sources": [s.citation for s in p.sources],
-            }
-            for p in map(load_profile, PROFILES)
-        ],
+        **results_header("run_criticality_experiment", quick, data),
         "config": {
             "seeds": list(seeds),
             "models": list(models),

@@ -124,6 +124,18 @@ class Splits:
     calibration: Dataset
     test: Dataset
 
+    def head(self, train: int | None, calibration: int | None, test: int | None) -> Splits:
+        """The first ``n`` samples of each split (``None``: all of it), e.g. for a quick run."""
+        return Splits(
+            _head(self.train, train), _head(self.calibration, calibration), _head(self.test, test)
+        )
+
+
+def _head(dataset: Dataset, n: int | None) -> Dataset:
+    if n is None or n >= len(dataset.y):
+        return dataset
+    return Dataset(dataset.x[:n], dataset.y[:n], dataset.name)
+
 
 def _split_indices(n: int, sizes: tuple[int, ...], seed: int) -> list[np.ndarray]:
     """Consecutive slices of one seeded permutation of ``range(n)``: disjoint index arrays."""
