@@ -130,11 +130,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     net = load(args.network)
     x, y = _load_data(args, net.graph.input.shape, "test")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", InputRangeWarning)
-        run = net.run(x, args.mode)
-    for warning in caught:
-        print(f"powersave: warning: {warning.message}", file=sys.stderr)
+    run = net.run(x, args.mode)
     s = run.stats
     print(f"mode {run.mode}: accuracy {run.accuracy(y):.2%} on {s.n_samples} samples")
     print(
@@ -435,11 +431,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warnings() -> None:
+    """Show a command's input-range warnings as one line each, ``powersave: warning: …``, the
+    CLI's own format (other warnings keep Python's). Call inside ``warnings.catch_warnings()``."""
+    shown = warnings.showwarning
+
+    def show(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if issubclass(category, InputRangeWarning):
+            print(f"powersave: warning: {message}", file=sys.stderr)
+        else:
+            shown(message, category, *args, **kwargs)
+
+    warnings.simplefilter("once", InputRangeWarning)  # a sweep runs many times: each text once
+    warnings.showwarning = show
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        args.func(args)
+        with warnings.catch_warnings():
+            _one_line_warnings()
+            args.func(args)
     except KeyboardInterrupt:
         print("powersave: interrupted", file=sys.stderr)
         return 130

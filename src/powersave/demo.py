@@ -24,7 +24,7 @@ from powersave.data import Splits, load_mnist10k
 from powersave.energy import load_profile
 from powersave.network import Network
 from powersave.power.calibrate import calibrate
-from powersave.power.evaluate import evaluate, sweep
+from powersave.power.evaluate import evaluate, full_run, sweep
 
 PROFILES = ("cmos45-fp32", "cmos45-int8", "loihi")
 #: Samples of the train, calibration and test splits in a quick run.
@@ -124,8 +124,7 @@ def run_model(
     save(network, out / f"{name}.safetensors")
     lap("calibrate")
 
-    network.run(data.test.x[:2], "full", baselines=False)  # load or compile kernels: not timed
-    full = network.run(data.test.x, "full")
+    full = full_run(network, data.test.x)
     results = evaluate(network, data.test.x, data.test.y, profiles=PROFILES, full=full)
     full_predictions = full.predictions
     for record in results["modes"]:
