@@ -69,25 +69,13 @@ def _maxpool_tangent(a: np.ndarray, v: np.ndarray, node: MaxPool) -> tuple[np.nd
     Ties go to the first tap in row-major order (for a silent window every tangent is 0 anyway,
     since the ReLU mask has zeroed it).
     """
-    h, w = a.shape[2:]
-    kh, kw = node.kernel
-    sh, sw = node.stride  # type: ignore[misc]
-    ph, pw = node.padding
-    if ph or pw:
-        a = np.pad(a, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=-np.inf)
-        v = np.pad(v, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
-    ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
-    best = a[:, :, : sh * ho : sh, : sw * wo : sw].copy()
-    tangent = v[:, :, : sh * ho : sh, : sw * wo : sw].copy()
-    for ky in range(kh):
-        for kx in range(kw):
-            if ky or kx:
-                tap = a[:, :, ky : ky + sh * ho : sh, kx : kx + sw * wo : sw]
-                better = tap > best
-                best = np.where(better, tap, best)
-                tangent = np.where(
-                    better, v[:, :, ky : ky + sh * ho : sh, kx : kx + sw * wo : sw], tangent
-                )
+    a_taps = ops.pool_taps(a, node, -np.inf)
+    v_taps = ops.pool_taps(v, node, 0.0)
+    best, tangent = next(a_taps).copy(), next(v_taps).copy()
+    for tap, v_tap in zip(a_taps, v_taps, strict=True):
+        better = tap > best
+        best = np.where(better, tap, best)
+        tangent = np.where(better, v_tap, tangent)
     return best, tangent
 
 

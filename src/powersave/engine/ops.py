@@ -5,6 +5,8 @@ Shapes: images are ``(N, C, H, W)``, flat populations ``(N, F)``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 from powersave.graph.nodes import AvgPool, Conv, Dense, MaxPool
@@ -34,12 +36,9 @@ def conv2d(a: np.ndarray, node: Conv) -> np.ndarray:
     return np.ascontiguousarray(out + node.bias.astype(a.dtype)[None, :, None, None])
 
 
-def _pool(x: np.ndarray, node: AvgPool | MaxPool, reduce: np.ufunc, fill: float) -> np.ndarray:
-    """Reduce each pooling window with ``reduce`` (np.add, np.maximum, np.minimum).
-
-    One strided slice per kernel tap, combined elementwise: far faster than reducing a
-    sliding-window view, and it works for any kernel, stride and padding.
-    """
+def pool_taps(x: np.ndarray, node: AvgPool | MaxPool, fill: float) -> Iterator[np.ndarray]:
+    """The pooling windows of ``x`` ``(N, C, H, W)`` tap by tap: for each kernel tap (row-major)
+    the strided view ``(N, C, Ho, Wo)`` of what it sees in every window, padding ``fill``."""
     h, w = x.shape[2:]
     kh, kw = node.kernel
     sh, sw = node.stride  # type: ignore[misc]
@@ -47,11 +46,21 @@ def _pool(x: np.ndarray, node: AvgPool | MaxPool, reduce: np.ufunc, fill: float)
     if ph or pw:
         x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=fill)
     ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
-    out = x[:, :, : sh * ho : sh, : sw * wo : sw].copy()
     for ky in range(kh):
         for kx in range(kw):
-            if ky or kx:
-                reduce(out, x[:, :, ky : ky + sh * ho : sh, kx : kx + sw * wo : sw], out=out)
+            yield x[:, :, ky : ky + sh * ho : sh, kx : kx + sw * wo : sw]
+
+
+def _pool(x: np.ndarray, node: AvgPool | MaxPool, reduce: np.ufunc, fill: float) -> np.ndarray:
+    """Reduce each pooling window with ``reduce`` (np.add, np.maximum, np.minimum).
+
+    One strided slice per kernel tap, combined elementwise: far faster than reducing a
+    sliding-window view, and it works for any kernel, stride and padding.
+    """
+    taps = pool_taps(x, node, fill)
+    out = next(taps).copy()
+    for tap in taps:
+        reduce(out, tap, out=out)
     return out
 
 
