@@ -16,7 +16,7 @@ import contextlib
 import io
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -221,16 +221,7 @@ class PowerLawFit:
     vs_lognormal: dict[str, float]
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "alpha": self.alpha,
-            "sigma": self.sigma,
-            "xmin": self.xmin,
-            "n_tail": self.n_tail,
-            "n": self.n,
-            "ks_distance": self.ks_distance,
-            "vs_exponential": self.vs_exponential,
-            "vs_lognormal": self.vs_lognormal,
-        }
+        return asdict(self)
 
 
 def _finite(value: Any) -> float:

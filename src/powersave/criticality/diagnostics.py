@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -54,13 +54,7 @@ class LayerGain:
     readout: bool
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "layer": self.layer,
-            "source": self.source,
-            "chi": self.chi,
-            "stderr": self.stderr,
-            "readout": self.readout,
-        }
+        return asdict(self)
 
 
 def _maxpool_tangent(a: np.ndarray, v: np.ndarray, node: MaxPool) -> tuple[np.ndarray, np.ndarray]:

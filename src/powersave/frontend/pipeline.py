@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -120,11 +120,11 @@ def default_recipes(model: str, *, quick: bool = False) -> dict[str, Recipe]:
             sparsity=(0.3, 0.5, 0.75, 0.3),
         )
     if quick:
-        sparse = Recipe(**{**asdict(sparse), "epochs": 2, "finetune_epochs": 1})
+        sparse = replace(sparse, epochs=2, finetune_epochs=1)
     return {
         "plain": Recipe(epochs=sparse.epochs),
         "sparse": sparse,
-        "critical": Recipe(**{**asdict(sparse), "chi_weight": 0.1, "chi_target": 1.0}),
+        "critical": replace(sparse, chi_weight=0.1, chi_target=1.0),
     }
 
 
@@ -177,13 +177,10 @@ def train_variant(
     model = build_model(model_name, tuple(data.train.x.shape[1:]), classes, seed=seed)
     activity, steady = None, None
     if recipe.activity > 0:
-        shape: dict[str, Any] = {
-            "weight": recipe.activity,
-            "kappa": recipe.activity_kappa,
-            "layers": recipe.activity_layers,
-        }
-        steady = ActivityPenalty(**shape)
-        activity = ActivityPenalty(**shape, warmup=recipe.activity_warmup)
+        steady = ActivityPenalty(
+            weight=recipe.activity, kappa=recipe.activity_kappa, layers=recipe.activity_layers
+        )
+        activity = replace(steady, warmup=recipe.activity_warmup)  # fine-tuning: `steady`
     pruned = recipe.sparsity if isinstance(recipe.sparsity, tuple) else recipe.sparsity > 0
     pruning = Pruning(sparsity=recipe.sparsity) if pruned else None
     criticality = (
