@@ -13,28 +13,20 @@ from pathlib import Path
 import numba
 import numpy as np
 import pytest
+from nets import tiny_mlp
 
 import powersave
 from powersave.engine import compiled
 from powersave.engine.compiled import program, run_compiled
 from powersave.engine.event import run_events
 from powersave.engine.planner import DENSE, EVENT, CostModel
-from powersave.graph import Conv, Dense, Flatten, Graph, Input
+from powersave.graph import Conv, Flatten, Graph, Input
 from powersave.network import Network
 from powersave.plan import Plan
 
 
 def small_mlp(seed: int = 0) -> tuple[Graph, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    g = Graph(
-        (
-            Input("x", (1, 6, 6), 1.0),
-            Flatten("f"),
-            Dense("h", rng.normal(size=(20, 36)) / 6, rng.normal(size=20) * 0.1, scale=1.0),
-            Dense("out", rng.normal(size=(4, 20)), np.zeros(4)),
-        )
-    )
-    return g, rng.random((40, 1, 6, 6)).astype(np.float32)
+    return tiny_mlp(seed)
 
 
 def _python(code: str, **env: str) -> dict:

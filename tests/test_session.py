@@ -6,30 +6,14 @@ import warnings
 
 import numpy as np
 import pytest
+from nets import tiny_mlp
 
 from powersave import InputError, InputRangeWarning, Plan
-from powersave.graph import Dense, Flatten, Graph, Input
 from powersave.network import Network
 
 
 def network(signed: bool = False, seed: int = 0) -> tuple[Network, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    g = Graph(
-        (
-            Input("x", (1, 6, 6), 1.0, signed=signed),
-            Flatten("f"),
-            Dense(
-                "h",
-                rng.normal(size=(20, 72 if signed else 36)) / 6,
-                rng.normal(size=20) * 0.1,
-                scale=1.0,
-            ),
-            Dense("out", rng.normal(size=(4, 20)), np.zeros(4)),
-        )
-    )
-    x = rng.random((50, 1, 6, 6)).astype(np.float32)
-    if signed:
-        x = x * 2 - 1
+    g, x = tiny_mlp(seed, signed=signed, n=50)
     plans = {
         "cut": Plan(cutoffs=(0.8, 0.6), name="cut"),
         "early": Plan(cutoffs=(0.9, 0.7), early_decision=True, name="early"),
