@@ -17,6 +17,7 @@ from nets import tiny_mlp
 
 import powersave
 from powersave.engine import compiled
+from powersave.engine import kernels as k
 from powersave.engine.compiled import program, run_compiled
 from powersave.engine.event import run_events
 from powersave.engine.planner import DENSE, EVENT, CostModel
@@ -261,3 +262,23 @@ def test_a_dense_chain_passes_intensities_with_the_same_counts_and_records() -> 
     for a, b in zip(chained.fired, event.fired, strict=True):  # type: ignore[arg-type]
         np.testing.assert_allclose(a, b, atol=2e-6)
     np.testing.assert_array_equal(chained.logits.argmax(1), event.logits.argmax(1))
+
+
+def test_the_batch_event_kernel_of_a_dense_layer_is_the_product_over_fired_inputs() -> None:
+    """kernels.scatter_batch: ``a @ W.T`` with one weight row per non-zero input (the rows in
+    blocks of eight and the rest one by one), 0 for a sample where nothing fired."""
+    rng = np.random.default_rng(3)
+    n_in, n_out = 37, 13
+    w = rng.standard_normal((n_out, n_in)).astype(np.float32)
+    a = rng.random((5, n_in)).astype(np.float32)
+    a[a < 0.6] = 0.0  # about 40 % fire
+    a[1] = 0.0  # nothing fires
+    a[2, :9] = 1.0
+    a[2, 9:] = 0.0  # one block of eight and one more
+    weights = np.concatenate([np.zeros(3, np.float32), w.T.ravel()])  # at an offset
+    row = np.zeros(k.N_COLUMNS, np.int64)
+    row[k.IN_SIZE], row[k.OUT_SIZE], row[k.W_OFF] = n_in, n_out, 3
+    z = np.full((5, n_out), np.nan, np.float32)
+    k.scatter_batch(a, row, weights, z, np.empty(n_in, np.int64), np.empty(n_in, np.float32))
+    np.testing.assert_allclose(z, a @ w.T, rtol=1e-5, atol=1e-5)
+    assert not z[1].any()

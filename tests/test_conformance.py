@@ -23,6 +23,7 @@ import pytest
 from powersave.engine import dense as dense_pass
 from powersave.engine.compiled import run_compiled
 from powersave.engine.event import EventResult, run_events
+from powersave.engine.planner import CostModel
 from powersave.engine.reference import simulate
 from powersave.graph import AvgPool, Conv, Dense, Flatten, Graph, Input, MaxPool
 from powersave.plan import Plan
@@ -33,11 +34,17 @@ ENGINES: dict[str, Engine] = {
     "numpy": run_events,
     "compiled": run_compiled,
 }
-#: The compiled engine with each kernel choice: fused event kernels, the planner, forced dense.
+#: A planner that runs every batch layer by layer and picks the event kernel everywhere: Dense
+#: layers then take intensities over the batch (kernels.scatter_batch), as large batches do.
+LAYERED_EVENT = CostModel(mac={"dense": 1e3, "conv": 1e3, "avgpool": 1e3}, min_batch=1)
+
+#: The compiled engine with each kernel choice: fused event kernels, the planner, forced dense,
+#: event kernels layer by layer.
 COMPILED: dict[str, Engine] = {
     "event": functools.partial(run_compiled, kernels="event"),
     "auto": functools.partial(run_compiled, kernels="auto"),
     "dense": functools.partial(run_compiled, kernels="dense"),
+    "layered-event": functools.partial(run_compiled, cost_model=LAYERED_EVENT),
 }
 
 
@@ -311,6 +318,9 @@ def test_compiled_equals_numpy(kernels: str, network: str, seed: int) -> None:
             raise AssertionError(f"plan {name}: {exc}") from exc
         assert got.stats.engine == "event-compiled"
         assert len(got.stats.kernels) == len(got.stats.layers)
+        if kernels == "layered-event":  # again, with the plan's profile: Dense chains
+            assert set(got.stats.kernels) == {"event"}
+            assert_same_run(expected, COMPILED[kernels](graph, x, plan, record_spikes=True))
 
 
 @pytest.mark.parametrize("network", ["mlp-signed", "cnn-max", "cnn-avg"])

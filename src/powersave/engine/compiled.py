@@ -437,10 +437,20 @@ def _layered(
             cur = out
         pending = stop
 
+    def batched(layer: int, choice: str) -> bool:
+        """Whether synaptic layer ``layer`` runs on its own over the batch (not in an event
+        segment): on the dense kernel, or a Dense layer on the event kernel that reads
+        intensities (:func:`kernels.scatter_batch`), all but a readout that decides early
+        (it stops mid-window, in arrival order: the event segment's work)."""
+        st = synaptic[layer]
+        if choice == DENSE:
+            return True
+        return prog.steps[st, k.KIND] == k.K_DENSE and not (plan.early_decision and st == readout)
+
     def dense_chain(layer: int) -> bool:
-        """Whether synaptic layer ``layer`` is a Dense layer on the dense kernel that reads the
+        """Whether synaptic layer ``layer`` is a Dense layer run over the batch that reads the
         population the step before it writes (only Flatten between)."""
-        if choices is None or layer >= len(synaptic) or choices[layer] != DENSE:
+        if choices is None or layer >= len(synaptic) or not batched(layer, choices[layer]):
             return False
         st = synaptic[layer]
         before = synaptic[layer - 1] if layer else 0
@@ -460,7 +470,7 @@ def _layered(
             active = count_ops(np.isfinite(cur), fanout) / macs if macs else 0.0
             choice = _choose(prog, plan, layer, active, n, cost_model)
         chosen.append(choice)
-        if choice == EVENT:
+        if not batched(layer, choice):
             continue
         if layer == 0 and dense_chain(0):  # raw inputs straight to the layer's intensities
             cur = _input_intensities(prog, popf, src, b, record)
@@ -469,7 +479,9 @@ def _layered(
             flush(st)
         chain = prog.steps[st, k.KIND] == k.K_DENSE and dense_chain(layer + 1)
         nxt = synaptic[layer + 1] if chain else -1
-        cur = _dense_layer(graph, prog, plan, st, cur, decoded, nxt, popf, b, record)
+        cur = _dense_layer(
+            graph, prog, plan, st, cur, decoded, nxt, popf, b, record, choice == EVENT, threads
+        )
         decoded = nxt >= 0
         pending = st + 1
     flush(readout + 1)
@@ -511,10 +523,14 @@ def _dense_layer(
     popf: np.ndarray,
     b: _Buffers,
     record: bool,
+    scatter: bool = False,
+    threads: int = 1,
 ) -> np.ndarray:
-    """Step ``st`` on the dense kernel; returns its output: the (cut) spike times, or, when
-    ``nxt_st >= 0`` (the next step is a Dense layer on the dense kernel), their intensities
-    with that layer's operations counted. ``decoded``: ``cur`` holds intensities."""
+    """Step ``st`` over the batch; returns its output: the (cut) spike times, or, when
+    ``nxt_st >= 0`` (the next step is a Dense layer run over the batch too), their intensities
+    with that layer's operations counted. ``decoded``: ``cur`` holds intensities. ``scatter``:
+    a Dense layer's product on the event kernel (a weight row per input that fired) instead
+    of BLAS."""
     n = cur.shape[0]
     n_layers, n_pops = len(prog.layers), len(prog.populations)
     row = prog.steps[st]
@@ -527,7 +543,10 @@ def _dense_layer(
         if not decoded:
             a = np.empty((n, cur.shape[1]), np.float32)
             k.decode_batch(cur, row, popf, prog.fanout, a, b.counts)
-        z = a @ node.weight.T
+        if scatter:
+            z = _scatter_product(a, row, prog.weights, threads)
+        else:
+            z = a @ node.weight.T
         nxt = np.empty((n, int(row[k.OUT_SIZE])), np.float32)
         p = int(row[k.POP_OUT])
         f_next = int(prog.steps[nxt_st, k.F_OFF]) if nxt_st >= 0 else 0
@@ -556,6 +575,27 @@ def _dense_layer(
         off = int(prog.rec_offsets[p])
         b.rec[:, off : off + prog.neurons[p]] = fired_times.reshape(n, -1)
     return np.ascontiguousarray(times, dtype=np.float32).reshape(n, -1)
+
+
+def _scatter_product(
+    a: np.ndarray, row: np.ndarray, weights: np.ndarray, threads: int
+) -> np.ndarray:
+    """``a @ W.T`` of a Dense layer on its event kernel (:func:`kernels.scatter_batch`), the
+    batch split in blocks over ``threads`` threads (the kernel releases the GIL)."""
+    n, n_in = a.shape
+    z = np.empty((n, int(row[k.OUT_SIZE])), np.float32)
+
+    def block(lo: int, hi: int) -> None:
+        idx, val = np.empty(n_in, np.int64), np.empty(n_in, np.float32)
+        k.scatter_batch(a[lo:hi], row, weights, z[lo:hi], idx, val)
+
+    threads = min(threads, n)
+    if threads <= 1:
+        block(0, n)
+    else:
+        bounds = np.linspace(0, n, threads + 1).astype(int).tolist()
+        list(k.pool(threads).map(block, bounds[:-1], bounds[1:]))
+    return z
 
 
 def _remember_activity(prog: Program, plan: Plan, n: int, totals: list[int]) -> None:

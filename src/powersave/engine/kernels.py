@@ -177,33 +177,31 @@ def _gather(cur, size, scale, end, fanout, f_off, idx, val):  # type: ignore[no-
     return nf, ops
 
 
-@_jit()
-def _dense(row, weights, nf, idx, val, z):  # type: ignore[no-untyped-def]
-    """``z = b + sum_k val[k] * W^T[idx[k]]``: one contiguous saxpy per spike.
+@_jit(inline="always")
+def _scatter(weights, w_off, out, nf, idx, val, z):  # type: ignore[no-untyped-def]
+    """``z[:out] += sum_k val[k] * W^T[idx[k]]``: one contiguous saxpy per spike.
 
-    Four spikes at a time: ``z`` is read and written once per four weight rows, which is what
-    bounds a scattered multiply-add (the weight rows stream, ``z`` stays in L1).
+    Eight spikes at a time: ``z`` is read and written once per eight weight rows, which is
+    what bounds a scattered multiply-add (the weight rows stream, ``z`` stays in L1); then
+    the rest one by one.
     """
-    out = row[OUT_SIZE]
-    w_off = row[W_OFF]
-    b_off = row[B_OFF]
-    bias = weights[b_off : b_off + out]
-    for j in range(out):
-        z[j] = bias[j]
     k = 0
-    while k + 4 <= nf:
+    while k + 8 <= nf:
+        r0, r1 = w_off + idx[k] * out, w_off + idx[k + 1] * out
+        r2, r3 = w_off + idx[k + 2] * out, w_off + idx[k + 3] * out
+        r4, r5 = w_off + idx[k + 4] * out, w_off + idx[k + 5] * out
+        r6, r7 = w_off + idx[k + 6] * out, w_off + idx[k + 7] * out
+        w0, w1 = weights[r0 : r0 + out], weights[r1 : r1 + out]
+        w2, w3 = weights[r2 : r2 + out], weights[r3 : r3 + out]
+        w4, w5 = weights[r4 : r4 + out], weights[r5 : r5 + out]
+        w6, w7 = weights[r6 : r6 + out], weights[r7 : r7 + out]
         v0, v1, v2, v3 = val[k], val[k + 1], val[k + 2], val[k + 3]
-        r0 = w_off + idx[k] * out
-        r1 = w_off + idx[k + 1] * out
-        r2 = w_off + idx[k + 2] * out
-        r3 = w_off + idx[k + 3] * out
-        w0 = weights[r0 : r0 + out]
-        w1 = weights[r1 : r1 + out]
-        w2 = weights[r2 : r2 + out]
-        w3 = weights[r3 : r3 + out]
+        v4, v5, v6, v7 = val[k + 4], val[k + 5], val[k + 6], val[k + 7]
         for j in range(out):
-            z[j] += (v0 * w0[j] + v1 * w1[j]) + (v2 * w2[j] + v3 * w3[j])
-        k += 4
+            z[j] += ((v0 * w0[j] + v1 * w1[j]) + (v2 * w2[j] + v3 * w3[j])) + (
+                (v4 * w4[j] + v5 * w5[j]) + (v6 * w6[j] + v7 * w7[j])
+            )
+        k += 8
     while k < nf:
         v = val[k]
         r = w_off + idx[k] * out
@@ -211,6 +209,40 @@ def _dense(row, weights, nf, idx, val, z):  # type: ignore[no-untyped-def]
         for j in range(out):
             z[j] += v * w[j]
         k += 1
+
+
+@_jit()
+def _dense(row, weights, nf, idx, val, z):  # type: ignore[no-untyped-def]
+    """``z = b + sum_k val[k] * W^T[idx[k]]`` (:func:`_scatter` after the bias)."""
+    out = row[OUT_SIZE]
+    b_off = row[B_OFF]
+    for j in range(out):
+        z[j] = weights[b_off + j]
+    _scatter(weights, row[W_OFF], out, nf, idx, val, z)
+
+
+@_jit(nogil=True)
+def scatter_batch(a, row, weights, z, idx, val):  # type: ignore[no-untyped-def]
+    """The event kernel of a Dense layer on intensities: ``z = a @ W.T`` ``(N, out)``, bias
+    not added (:func:`encode_batch` adds it, as after the BLAS product), one weight row per
+    input that fired (a non-zero intensity) and nothing for the silent ones.
+
+    The dense chain's alternative to BLAS when few inputs fire; ``idx``/``val`` are
+    ``(in,)`` scratch.
+    """
+    n_in, out, w_off = row[IN_SIZE], row[OUT_SIZE], row[W_OFF]
+    for s in range(a.shape[0]):
+        x = a[s]
+        nf = 0
+        for i in range(n_in):  # branch-free: write always, advance on a spike
+            v = x[i]
+            idx[nf] = i
+            val[nf] = v
+            nf += np.int64(v != 0)
+        zs = z[s]
+        for j in range(out):
+            zs[j] = 0.0
+        _scatter(weights, w_off, out, nf, idx, val, zs)
 
 
 @_jit()
@@ -803,7 +835,8 @@ def _run(  # type: ignore[no-untyped-def]
 
 
 @functools.lru_cache(maxsize=4)
-def _pool(threads: int) -> ThreadPoolExecutor:
+def pool(threads: int) -> ThreadPoolExecutor:
+    """The threads that run blocks of a batch (kernels that release the GIL)."""
     return ThreadPoolExecutor(threads, thread_name_prefix="powersave")
 
 
@@ -884,5 +917,5 @@ def run_steps(
             decided[a:b], rec[a:b] if record else rec, record, counts[a:b], n_layers, n_pops,
         )  # fmt: skip
 
-    found = list(_pool(threads).map(block, range(threads)))
+    found = list(pool(threads).map(block, range(threads)))
     return sum(int(f[0]) for f in found), sum(int(f[1]) for f in found)

@@ -47,7 +47,7 @@ class CostModel:
     """
 
     op: dict[str, float] = field(
-        default_factory=lambda: {"dense": 0.22, "conv": 0.3, "avgpool": 1.0}
+        default_factory=lambda: {"dense": 0.1, "conv": 0.3, "avgpool": 1.0}
     )
     mac: dict[str, float] = field(
         default_factory=lambda: {"dense": 0.03, "conv": 0.6, "avgpool": 1.0}
