@@ -206,9 +206,15 @@ def test_the_arrival_order_is_numpy_s_stable_argsort(window: int, seed: int) -> 
     times[rng.random(size) < 0.3] = np.inf  # silent neurons are not arrivals
     idx = np.flatnonzero(np.isfinite(times)).astype(np.int64)
     keys = np.empty(4 * size + 65, np.int64)
-    kernels._arrival_order(times, idx.size, idx, window, keys)
+    expected = idx[np.argsort(times[idx], kind="stable")]
+    kernels._arrival_order(times, idx.size, idx, window, keys, 1)
     order = keys[: idx.size] & 0xFFFFFFFF
-    np.testing.assert_array_equal(idx[order], idx[np.argsort(times[idx], kind="stable")])
+    np.testing.assert_array_equal(idx[order], expected)
+    # In groups of 8: the same sets, group by group (the early decision's blocks).
+    kernels._arrival_order(times, idx.size, idx, window, keys, 8)
+    order = keys[: idx.size] & 0xFFFFFFFF
+    for g in range(0, idx.size, 8):
+        assert sorted(idx[order[g : g + 8]]) == sorted(expected[g : g + 8])
 
 
 def test_one_row_of_counters_is_never_shared_between_threads() -> None:

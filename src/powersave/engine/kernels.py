@@ -521,20 +521,44 @@ def _leader_row(table, n_cls, idx, keys, k, leader, row_out):  # type: ignore[no
         w = table[n_cls + 1 + idx[keys[m] & 0xFFFFFFFF]]
         w_l = w[leader]
         for r in range(n_cls):
-            row_out[r] += max(w[r] - w_l, 0.0)
+            row_out[r] += _positive(w[r] - w_l)
+
+
+@_jit(inline="always")
+def _positive(d):  # type: ignore[no-untyped-def]
+    """``max(d, 0.0)`` exactly (``d + |d|`` is ``2d`` or 0), in a form that vectorises."""
+    return (d + abs(d)) * 0.5
+
+
+@_jit(inline="always")
+def _insertion_sort(keys, lo, hi):  # type: ignore[no-untyped-def]
+    """Sort ``keys[lo:hi]`` in place (few keys, or keys nearly in order)."""
+    for k in range(lo + 1, hi):
+        key = keys[k]
+        m = k - 1
+        while m >= lo and keys[m] > key:
+            keys[m + 1] = keys[m]
+            m -= 1
+        keys[m + 1] = key
 
 
 @_jit()
-def _arrival_order(cur, nf, idx, window, keys):  # type: ignore[no-untyped-def]
+def _arrival_order(cur, nf, idx, window, keys, group):  # type: ignore[no-untyped-def]
     """``keys[:nf]``: the fired inputs in arrival order, as int64 keys ``time bits << 32 | k``.
 
     The order of numpy's stable argsort: by time, ties by position ``k``. Times are
     non-negative float32 in ``[window, window + 1)``, whose bit patterns sort as the numbers
     do, so the low 32 bits of a sorted key are the position. A counting sort into time buckets
-    (stable, and monotone in time) leaves only a few keys out of place, which an insertion sort
-    fixes: about 2x the number of spikes in comparisons, against quicksort's mispredicted
-    branches (4 µs for 120 spikes). ``keys`` holds ``4 nf + 65`` int64 or more (scratch after
-    the first ``nf``).
+    (stable, and monotone in time) leaves only keys within a bucket out of place; an insertion
+    sort of a bucket puts them in place (against quicksort's mispredicted branches: 4 µs for
+    120 spikes).
+
+    With ``group > 1`` the order is exact only *between* consecutive groups of ``group`` keys
+    (positions ``[0, g)``, ``[g, 2g)``, ...): only the buckets that straddle a group boundary
+    are sorted. That is what the early decision needs when it takes the arrivals a group at a
+    time (their sum; the last one's intensity is the group's smallest); it sorts a group
+    itself before taking it one by one. ``keys`` holds ``4 nf + 65`` int64 or more (scratch
+    after the first ``nf``).
     """
     n_buckets = 64
     while n_buckets < nf:
@@ -554,14 +578,13 @@ def _arrival_order(cur, nf, idx, window, keys):  # type: ignore[no-untyped-def]
     for k in range(nf):
         b = bucket[k]
         keys[starts[b]] = (np.int64(bits[idx[k]]) << 32) | k
-        starts[b] += 1
-    for k in range(1, nf):  # insertion sort: only keys within a bucket move
-        key = keys[k]
-        m = k - 1
-        while m >= 0 and keys[m] > key:
-            keys[m + 1] = keys[m]
-            m -= 1
-        keys[m + 1] = key
+        starts[b] += 1  # ends as the end of bucket b
+    begin = 0
+    for b in range(n_buckets):
+        end = starts[b]
+        if end - begin > 1 and (group == 1 or begin // group != (end - 1) // group):
+            _insertion_sort(keys, begin, end)
+        begin = end
 
 
 @_jit()
@@ -584,7 +607,12 @@ def _early(  # type: ignore[no-untyped-def]
     arrival because certainty, once reached, persists: each later arrival ``i`` can cut a lead
     by at most ``a_i * max(0, w_ir - w_il)``, exactly what it removes from the bound (the
     intensities fall and the tolerance is constant). With ``margin > 0`` the bound shrinks by
-    less than that, certainty can come and go, and every arrival is tested.
+    less than that, certainty can come and go, and every arrival is tested. A block goes in
+    as a set, eight weight rows per pass over the classes (the potentials read and written
+    once), so only the blocks, not the arrivals within them, need to be in order
+    (:func:`_arrival_order` with groups); a replayed block is sorted first. (Taking arrivals
+    *back* from the end of the window, where the decisions fall, measured slower: two full
+    passes and a walk back cost more than these blocks.)
 
     ``keys`` (int64), ``work`` (``(5, C')`` float64) and ``z`` (float32) are scratch. Writes the
     potentials at the decision into ``work[0]`` (float64), or, for a sample never certain, the
@@ -604,13 +632,13 @@ def _early(  # type: ignore[no-untyped-def]
     # Float32 rounding bound of the full pass, as in event._early_decision: (H + 1) * 2**-23
     # times |b| + A * sum_i |w_i|, for the leader and the rival.
     rounding = (row[IN_SIZE] + 1) * 2.0**-23
-    _arrival_order(cur, nf, idx, window, keys)
+    block = EARLY_BLOCK if margin == 0.0 else 1
+    _arrival_order(cur, nf, idx, window, keys, block)  # exact between blocks
     for j in range(width):
         pot[j] = np.float64(weights[b_off + j]) if j < n_cls else 0.0
         arrived[j] = 0.0
         magnitude[j] = abs(pot[j]) + scale64 * readout_table[n_cls, j]
     keep = 1.0 - margin
-    block = EARLY_BLOCK if margin == 0.0 else 1
     a_now = scale64
     used = 0
     kept = 0  # the leader whose row `arrived` holds
@@ -645,10 +673,11 @@ def _early(  # type: ignore[no-untyped-def]
             if k - saved_k <= 1:
                 break
             # The block passed: replay it from the saved state, testing at each arrival, to
-            # find the first that passes.
+            # find the first that passes (in arrival order: the block sorted).
             replaying = True
             last = k
             k, a_now, used, kept = saved_k, saved_a, saved_used, saved_kept
+            _insertion_sort(keys, k, last)
             for j in range(width):
                 pot[j] = saved_pot[j]
                 arrived[j] = saved_arrived[j]
@@ -666,6 +695,42 @@ def _early(  # type: ignore[no-untyped-def]
                 saved_pot[j] = pot[j]
                 saved_arrived[j] = arrived[j]
             stop = min(k + block, nf)
+        if stop - k == 8:  # a whole block: a set (any order), eight rows per pass
+            o0, o1 = keys[k] & 0xFFFFFFFF, keys[k + 1] & 0xFFFFFFFF
+            o2, o3 = keys[k + 2] & 0xFFFFFFFF, keys[k + 3] & 0xFFFFFFFF
+            o4, o5 = keys[k + 4] & 0xFFFFFFFF, keys[k + 5] & 0xFFFFFFFF
+            o6, o7 = keys[k + 6] & 0xFFFFFFFF, keys[k + 7] & 0xFFFFFFFF
+            i0, i1, i2, i3 = idx[o0], idx[o1], idx[o2], idx[o3]
+            i4, i5, i6, i7 = idx[o4], idx[o5], idx[o6], idx[o7]
+            a0, a1 = np.float64(val[o0]), np.float64(val[o1])
+            a2, a3 = np.float64(val[o2]), np.float64(val[o3])
+            a4, a5 = np.float64(val[o4]), np.float64(val[o5])
+            a6, a7 = np.float64(val[o6]), np.float64(val[o7])
+            w0, w1 = readout_table[first + i0], readout_table[first + i1]
+            w2, w3 = readout_table[first + i2], readout_table[first + i3]
+            w4, w5 = readout_table[first + i4], readout_table[first + i5]
+            w6, w7 = readout_table[first + i6], readout_table[first + i7]
+            l0, l1, l2, l3 = w0[kept], w1[kept], w2[kept], w3[kept]
+            l4, l5, l6, l7 = w4[kept], w5[kept], w6[kept], w7[kept]
+            for j in range(width):
+                pot[j] += ((w0[j] * a0 + w1[j] * a1) + (w2[j] * a2 + w3[j] * a3)) + (
+                    (w4[j] * a4 + w5[j] * a5) + (w6[j] * a6 + w7[j] * a7)
+                )
+                arrived[j] += (
+                    (_positive(w0[j] - l0) + _positive(w1[j] - l1))
+                    + (_positive(w2[j] - l2) + _positive(w3[j] - l3))
+                ) + (
+                    (_positive(w4[j] - l4) + _positive(w5[j] - l5))
+                    + (_positive(w6[j] - l6) + _positive(w7[j] - l7))
+                )
+            fan = fanout[f_off:]
+            used += (fan[i0] + fan[i1] + fan[i2] + fan[i3]) + (
+                fan[i4] + fan[i5] + fan[i6] + fan[i7]
+            )
+            a_now = min(min(min(a0, a1), min(a2, a3)), min(min(a4, a5), min(a6, a7)))  # the last
+            k = stop
+        elif not replaying:
+            _insertion_sort(keys, k, stop)  # a last, partial block: one by one, in order
         while k < stop:  # arrivals: to the potentials, and to the bound row of the kept leader
             o = keys[k] & 0xFFFFFFFF
             i = idx[o]
@@ -674,7 +739,7 @@ def _early(  # type: ignore[no-untyped-def]
             w_l = w[kept]
             for j in range(width):
                 pot[j] += w[j] * a_now
-                arrived[j] += max(w[j] - w_l, 0.0)
+                arrived[j] += _positive(w[j] - w_l)
             used += fanout[f_off + i]
             k += 1
     if k == 0:
