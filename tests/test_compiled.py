@@ -81,8 +81,8 @@ def test_a_second_process_loads_the_kernels_from_the_cache() -> None:
         g = Graph((Input("x", (3,), 1.0), Dense("out", np.eye(2, 3), np.zeros(2))))
         run_compiled(g, np.ones((1, 3), np.float32))
         print(json.dumps({
-            "hits": sum(kernels._run.stats.cache_hits.values()),
-            "misses": sum(kernels._run.stats.cache_misses.values()),
+            "hits": sum(kernels.run.stats.cache_hits.values()),
+            "misses": sum(kernels.run.stats.cache_misses.values()),
         }))
     """
     _python(code)  # compiles and writes the cache if it is cold

@@ -66,15 +66,17 @@ class Session:
         self._n = 0
         self._min_batch = compiled.DEFAULT_COSTS.min_batch
         self._decided = np.empty(self._min_batch)  # decision times: not kept by a session
-        self._kernel = compiled.k._run
-        steps = prog.steps
-        # The kernel's arguments between the batch and its outputs (kernels.run_steps's order).
-        self._program_args = (
-            0, len(steps), steps, prog.weights, prog.fanout, popf, popd, prog.rec_offsets,
-            prog.readout_table, self.plan.early_decision, self.plan.margin, prog.max_size,
-            compiled.NO_OUT,
+        k = compiled.k
+        self._kernel = k.run
+        ctl = k.control(
+            0, len(prog.steps), self.plan.early_decision, prog.max_size, False,
+            len(prog.layers), len(prog.populations), prog.rec_offsets,
         )  # fmt: skip
-        self._layers = (len(prog.layers), len(prog.populations))
+        # The kernel's arguments between the batch and its outputs (kernels.run's order).
+        self._program_args = (
+            prog.steps, prog.weights, prog.fanout, popf, k.plan64(popd, self.plan.margin),
+            prog.readout_table, ctl, compiled.NO_OUT,
+        )  # fmt: skip
 
     # -- answers ----------------------------------------------------------------------------------
 
@@ -140,7 +142,7 @@ class Session:
         logits = np.empty((n, self._classes))
         bad, clipped = self._kernel(
             x.reshape(n, self._features), *self._program_args, logits, self._decided[:n],
-            compiled.NO_REC, False, self._counts, *self._layers,
+            compiled.NO_REC, self._counts,
         )  # fmt: skip
         if bad:  # non-finite or (unsigned input) negative values; nothing ran
             self.network.check_inputs(x)  # raises, with the reason

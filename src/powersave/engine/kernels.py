@@ -428,10 +428,10 @@ def encode_batch(
 def input_batch(src, row, popf, fanout, a, rec, record, counts, n_layers, n_pops):  # type: ignore[no-untyped-def]
     """Raw inputs straight to the intensities ``a`` ``(N, F)`` of a first layer that runs dense.
 
-    What step 0 of :func:`_run` and :func:`decode_batch` compute one after the other (the check
+    What step 0 of :func:`run` and :func:`decode_batch` compute one after the other (the check
     of the raw values, the ON/OFF split, the encoding with the cut-off, the decoding, the
     counts of spikes, saturated inputs and the layer's operations), in one pass, without writing
-    the spike times out. Returns ``_run``'s (bad, clipped): with bad inputs (``bad > 0``)
+    the spike times out. Returns ``run``'s (bad, clipped): with bad inputs (``bad > 0``)
     nothing is counted.
     """
     signed = row[FLAG] != 0
@@ -871,11 +871,57 @@ def _sample(  # type: ignore[no-untyped-def]
         out[s, i] = cur[i]
 
 
+# Entries of the control array of :func:`run` (int64): the steps to run, whether the readout
+# decides early, the scratch size, whether spike times are recorded, the numbers of synaptic
+# layers and of populations; then each population's column in ``rec``.
+C_START, C_STOP, C_EARLY, C_MAX_SIZE, C_RECORD, C_LAYERS, C_POPS, C_REC = range(8)
+
+
+def control(
+    start: int,
+    stop: int,
+    early: bool,
+    max_size: int,
+    record: bool,
+    n_layers: int,
+    n_pops: int,
+    rec_offsets: np.ndarray,
+) -> np.ndarray:
+    """The control array of :func:`run` (see ``C_START`` ...)."""
+    head = [start, stop, int(early), max_size, int(record), n_layers, n_pops]
+    return np.concatenate([np.array(head, np.int64), rec_offsets.astype(np.int64)])
+
+
+def plan64(popd: np.ndarray, margin: float) -> np.ndarray:
+    """The float64 table of :func:`run`: each population's scale, then the plan's margin."""
+    return np.concatenate([popd.astype(np.float64), [float(margin)]])
+
+
 @_jit(nogil=True)
-def _run(  # type: ignore[no-untyped-def]
-    src, start, stop, steps, weights, fanout, popf, popd, rec_offsets, readout_table,
-    early, margin, max_size, out, logits, decided, rec, record, counts, n_layers, n_pops,
-):  # fmt: skip
+def run(
+    src,
+    steps,
+    weights,
+    fanout,
+    popf,
+    table64,
+    readout_table,
+    ctl,
+    out,
+    logits,
+    decided,
+    rec,
+    counts,
+):  # type: ignore[no-untyped-def]
+    """:func:`run_steps` in one compiled call, its scalars packed in ``ctl`` (:func:`control`)
+    and the float64 scales and margin in ``table64`` (:func:`plan64`): numba's dispatcher
+    costs ~0.1 µs per argument, a sizeable share of a single sample's run."""
+    start, stop, max_size = ctl[C_START], ctl[C_STOP], ctl[C_MAX_SIZE]
+    early, record = ctl[C_EARLY] != 0, ctl[C_RECORD] != 0
+    n_layers, n_pops = ctl[C_LAYERS], ctl[C_POPS]
+    rec_offsets = ctl[C_REC:]
+    popd = table64[:n_pops]
+    margin = table64[n_pops]
     if start == 0:  # raw inputs: count what a caller may not have checked, before any work
         signed = steps[0, FLAG] != 0
         threshold = popf[0, P_SAT]
@@ -967,11 +1013,12 @@ def run_steps(
     threads = min(threads, n)
     if counts.shape[0] == 1 and n > 1:
         threads = 1  # one row of counters that every sample adds to: one thread, no lost updates
+    ctl = control(start, stop, early, max_size, record, n_layers, n_pops, rec_offsets)
+    table64 = plan64(popd, margin)
     if threads <= 1:
-        bad, clipped = _run(
-            src, start, stop, steps, weights, fanout, popf, popd, rec_offsets, readout_table,
-            early, margin, max_size, out, logits, decided, rec, record, counts, n_layers,
-            n_pops,
+        bad, clipped = run(
+            src, steps, weights, fanout, popf, table64, readout_table, ctl, out, logits, decided,
+            rec, counts,
         )  # fmt: skip
         return int(bad), int(clipped)
     # The kernel releases the GIL: Python threads over contiguous blocks of samples. (Numba's
@@ -980,10 +1027,10 @@ def run_steps(
 
     def block(i: int) -> tuple[int, int]:
         a, b = bounds[i], bounds[i + 1]
-        return _run(  # type: ignore[no-any-return]
-            src[a:b], start, stop, steps, weights, fanout, popf, popd, rec_offsets, readout_table,
-            early, margin, max_size, out[a:b] if out.shape[0] == n else out, logits[a:b],
-            decided[a:b], rec[a:b] if record else rec, record, counts[a:b], n_layers, n_pops,
+        return run(  # type: ignore[no-any-return]
+            src[a:b], steps, weights, fanout, popf, table64, readout_table, ctl,
+            out[a:b] if out.shape[0] == n else out, logits[a:b], decided[a:b],
+            rec[a:b] if record else rec, counts[a:b],
         )  # fmt: skip
 
     found = list(pool(threads).map(block, range(threads)))
