@@ -267,14 +267,35 @@ def _conv(row, weights, nf, idx, val, acc, z):  # type: ignore[no-untyped-def]
         for o in range(n_out):
             acc[p * n_out + o] = bias[o]
     hw = h * w
+    inv_hw = 1.0 / hw
+    inv_w = 1.0 / w
+    row_len = kw * n_out
     for k in range(nf):
         i = idx[k]
-        c = i // hw
-        y = (i - c * hw) // w
-        x = i - c * hw - y * w
+        # c, y, x without integer division (~40 cycles a spike): (i + 1/2) / hw lies at least
+        # 1/(2 hw) from an integer, and float64's error here is ~c * 2**-52: exact.
+        c = np.int64((i + 0.5) * inv_hw)
+        r = i - c * hw
+        y = np.int64((r + 0.5) * inv_w)
+        x = r - y * w
         v = val[k]
         y0 = y + ph - kh + 1  # output row (times sh) reached through tap row a = 0
         x0 = x + pw - kw + 1
+        w_c = w_off + c * kh * row_len
+        if sh == 1 and sw == 1:  # the kernel rows and taps that reach an output, once
+            a_lo = max(0, -y0)
+            a_hi = min(kh, ho - y0)  # exclusive
+            b_lo = max(0, -x0)
+            b_hi = min(kw, wo - x0)
+            length = (b_hi - b_lo) * n_out
+            for a in range(a_lo, a_hi):
+                dst = ((y0 + a) * wo + x0 + b_lo) * n_out
+                src = w_c + a * row_len + b_lo * n_out
+                seg = acc[dst : dst + length]
+                wseg = weights[src : src + length]
+                for j in range(length):
+                    seg[j] += v * wseg[j]
+            continue
         for a in range(kh):
             ny = y0 + a
             if ny < 0:
@@ -287,7 +308,7 @@ def _conv(row, weights, nf, idx, val, acc, z):  # type: ignore[no-untyped-def]
                 oy = ny // sh
             if oy >= ho:
                 break
-            w_row = w_off + (c * kh + a) * kw * n_out
+            w_row = w_c + a * row_len
             if sw == 1:
                 b_lo = max(0, -x0)
                 b_hi = min(kw, wo - x0)  # exclusive
