@@ -182,37 +182,54 @@ def _gather(cur, size, scale, end, fanout, f_off, idx, val):  # type: ignore[no-
 
 
 @_jit(inline="always")
-def _scatter(weights, w_off, out, nf, idx, val, z):  # type: ignore[no-untyped-def]
-    """``z[:out] += sum_k val[k] * W^T[idx[k]]``: one contiguous saxpy per spike.
+def _scatter(weights, w_off, stride, length, nf, idx, val, z):  # type: ignore[no-untyped-def]
+    """``z[:length] += sum_k val[k] * weights[r_k : r_k + length]``, ``r_k = w_off + idx[k] *
+    stride``: one contiguous saxpy per spike (a Dense layer: ``stride = length = out``, the
+    row of ``W^T``).
 
     Eight spikes at a time: ``z`` is read and written once per eight weight rows, which is
-    what bounds a scattered multiply-add (the weight rows stream, ``z`` stays in L1); then
-    the rest one by one.
+    what bounds a scattered multiply-add (the weight rows stream, ``z`` stays in L1); the
+    rest four, two and one at a time (a convolution's position has a few channels).
     """
     k = 0
     while k + 8 <= nf:
-        r0, r1 = w_off + idx[k] * out, w_off + idx[k + 1] * out
-        r2, r3 = w_off + idx[k + 2] * out, w_off + idx[k + 3] * out
-        r4, r5 = w_off + idx[k + 4] * out, w_off + idx[k + 5] * out
-        r6, r7 = w_off + idx[k + 6] * out, w_off + idx[k + 7] * out
-        w0, w1 = weights[r0 : r0 + out], weights[r1 : r1 + out]
-        w2, w3 = weights[r2 : r2 + out], weights[r3 : r3 + out]
-        w4, w5 = weights[r4 : r4 + out], weights[r5 : r5 + out]
-        w6, w7 = weights[r6 : r6 + out], weights[r7 : r7 + out]
+        r0, r1 = w_off + idx[k] * stride, w_off + idx[k + 1] * stride
+        r2, r3 = w_off + idx[k + 2] * stride, w_off + idx[k + 3] * stride
+        r4, r5 = w_off + idx[k + 4] * stride, w_off + idx[k + 5] * stride
+        r6, r7 = w_off + idx[k + 6] * stride, w_off + idx[k + 7] * stride
+        w0, w1 = weights[r0 : r0 + length], weights[r1 : r1 + length]
+        w2, w3 = weights[r2 : r2 + length], weights[r3 : r3 + length]
+        w4, w5 = weights[r4 : r4 + length], weights[r5 : r5 + length]
+        w6, w7 = weights[r6 : r6 + length], weights[r7 : r7 + length]
         v0, v1, v2, v3 = val[k], val[k + 1], val[k + 2], val[k + 3]
         v4, v5, v6, v7 = val[k + 4], val[k + 5], val[k + 6], val[k + 7]
-        for j in range(out):
+        for j in range(length):
             z[j] += ((v0 * w0[j] + v1 * w1[j]) + (v2 * w2[j] + v3 * w3[j])) + (
                 (v4 * w4[j] + v5 * w5[j]) + (v6 * w6[j] + v7 * w7[j])
             )
         k += 8
-    while k < nf:
+    if k + 4 <= nf:
+        r0, r1 = w_off + idx[k] * stride, w_off + idx[k + 1] * stride
+        r2, r3 = w_off + idx[k + 2] * stride, w_off + idx[k + 3] * stride
+        w0, w1 = weights[r0 : r0 + length], weights[r1 : r1 + length]
+        w2, w3 = weights[r2 : r2 + length], weights[r3 : r3 + length]
+        v0, v1, v2, v3 = val[k], val[k + 1], val[k + 2], val[k + 3]
+        for j in range(length):
+            z[j] += (v0 * w0[j] + v1 * w1[j]) + (v2 * w2[j] + v3 * w3[j])
+        k += 4
+    if k + 2 <= nf:
+        r0, r1 = w_off + idx[k] * stride, w_off + idx[k + 1] * stride
+        w0, w1 = weights[r0 : r0 + length], weights[r1 : r1 + length]
+        v0, v1 = val[k], val[k + 1]
+        for j in range(length):
+            z[j] += v0 * w0[j] + v1 * w1[j]
+        k += 2
+    if k < nf:
         v = val[k]
-        r = w_off + idx[k] * out
-        w = weights[r : r + out]
-        for j in range(out):
+        r = w_off + idx[k] * stride
+        w = weights[r : r + length]
+        for j in range(length):
             z[j] += v * w[j]
-        k += 1
 
 
 @_jit()
@@ -222,7 +239,7 @@ def _dense(row, weights, nf, idx, val, z):  # type: ignore[no-untyped-def]
     b_off = row[B_OFF]
     for j in range(out):
         z[j] = weights[b_off + j]
-    _scatter(weights, row[W_OFF], out, nf, idx, val, z)
+    _scatter(weights, row[W_OFF], out, out, nf, idx, val, z)
 
 
 @_jit(nogil=True)
@@ -246,17 +263,24 @@ def scatter_batch(a, row, weights, z, idx, val):  # type: ignore[no-untyped-def]
         zs = z[s]
         for j in range(out):
             zs[j] = 0.0
-        _scatter(weights, w_off, out, nf, idx, val, zs)
+        _scatter(weights, w_off, out, out, nf, idx, val, zs)
 
 
 @_jit()
-def _conv(row, weights, nf, idx, val, acc, z):  # type: ignore[no-untyped-def]
+def _conv(row, weights, nf, idx, val, cur, scale, end, acc, z):  # type: ignore[no-untyped-def]
     """Scatter each spike through the taps that reach an output; ``acc`` is ``(Ho, Wo, O)``.
 
     The weights are stored flipped, ``(C, kh, kw, O)`` with ``[c, a, b] = W[:, c, kh-1-a,
     kw-1-b]``: a spike at ``(y, x)`` reaches output ``(y + ph - kh + 1 + a, x + pw - kw + 1 +
     b)`` through tap ``(a, b)``, so with a horizontal stride of 1 one kernel row's taps land on
     consecutive outputs and the update is one contiguous saxpy of ``taps × O`` numbers.
+
+    With strides of 1 the spikes are taken position by position: every channel that fired at
+    ``(y, x)`` (read from the spike times ``cur``, decoded with ``scale`` and ``end``; ``idx``
+    and ``val`` then serve as scratch) reaches the same outputs, so a kernel row's update is
+    one pass of :func:`_scatter` over the channels, eight weight rows per pass, instead of a
+    short saxpy per spike: ~3x faster on the bench CNN's second convolution (8 channels, 3/4
+    of them firing). Other strides take the spikes ``idx``/``val`` one by one.
     """
     h, w, n_out = row[H_IN], row[W_IN], row[C_OUT]
     ho, wo, kh, kw = row[H_OUT], row[W_OUT], row[KH], row[KW]
@@ -267,9 +291,41 @@ def _conv(row, weights, nf, idx, val, acc, z):  # type: ignore[no-untyped-def]
         for o in range(n_out):
             acc[p * n_out + o] = bias[o]
     hw = h * w
+    row_len = kw * n_out
+    if sh == 1 and sw == 1:
+        n_c = row[C_IN]
+        never = np.float32(np.inf)
+        for y in range(h):
+            y0 = y + ph - kh + 1  # output row reached through tap row a = 0
+            a_lo = max(0, -y0)
+            a_hi = min(kh, ho - y0)  # exclusive
+            for x in range(w):
+                nc = 0
+                for c in range(n_c):  # the channels that fired here (branch-free)
+                    t = cur[c * hw + y * w + x]
+                    idx[nc] = c
+                    val[nc] = scale * (end - t)
+                    nc += np.int64(t < never)
+                if nc == 0:
+                    continue
+                x0 = x + pw - kw + 1
+                b_lo = max(0, -x0)
+                b_hi = min(kw, wo - x0)  # exclusive
+                if b_lo >= b_hi:
+                    continue
+                length = (b_hi - b_lo) * n_out
+                for a in range(a_lo, a_hi):
+                    dst = ((y0 + a) * wo + x0 + b_lo) * n_out
+                    _scatter(
+                        weights, w_off + a * row_len + b_lo * n_out, kh * row_len, length, nc,
+                        idx, val, acc[dst : dst + length],
+                    )  # fmt: skip
+        for o in range(n_out):  # (Ho, Wo, O) → (O, Ho, Wo)
+            for p in range(ho * wo):
+                z[o * ho * wo + p] = acc[p * n_out + o]
+        return
     inv_hw = 1.0 / hw
     inv_w = 1.0 / w
-    row_len = kw * n_out
     for k in range(nf):
         i = idx[k]
         # c, y, x without integer division (~40 cycles a spike): (i + 1/2) / hw lies at least
@@ -282,20 +338,6 @@ def _conv(row, weights, nf, idx, val, acc, z):  # type: ignore[no-untyped-def]
         y0 = y + ph - kh + 1  # output row (times sh) reached through tap row a = 0
         x0 = x + pw - kw + 1
         w_c = w_off + c * kh * row_len
-        if sh == 1 and sw == 1:  # the kernel rows and taps that reach an output, once
-            a_lo = max(0, -y0)
-            a_hi = min(kh, ho - y0)  # exclusive
-            b_lo = max(0, -x0)
-            b_hi = min(kw, wo - x0)
-            length = (b_hi - b_lo) * n_out
-            for a in range(a_lo, a_hi):
-                dst = ((y0 + a) * wo + x0 + b_lo) * n_out
-                src = w_c + a * row_len + b_lo * n_out
-                seg = acc[dst : dst + length]
-                wseg = weights[src : src + length]
-                for j in range(length):
-                    seg[j] += v * wseg[j]
-            continue
         for a in range(kh):
             ny = y0 + a
             if ny < 0:
@@ -868,7 +910,7 @@ def _sample(  # type: ignore[no-untyped-def]
         if kind == K_DENSE:
             _dense(row, weights, nf, idx, val, z)
         elif kind == K_CONV:
-            _conv(row, weights, nf, idx, val, acc, z)
+            _conv(row, weights, nf, idx, val, cur, popf[p_in, P_SCALE], popf[p_in, P_END], acc, z)
         else:
             _avgpool(row, nf, idx, val, z)
         size = row[OUT_SIZE]
