@@ -125,6 +125,24 @@ def conv_readout(seed: int) -> tuple[Graph, np.ndarray]:
     return _calibrated(nodes, x, 90), x
 
 
+def cnn_dense_channels(seed: int) -> tuple[Graph, np.ndarray]:
+    """Many channels firing at each position (the convolution's position-by-position path):
+    8 input channels, every value positive, a stride-1 convolution with padding, another
+    without, then dense layers."""
+    rng = np.random.default_rng(seed)
+    x = (0.05 + rng.random((20, 8, 7, 7))).astype(np.float32)
+    nodes = [
+        Input("x", (8, 7, 7), 1.1),
+        Conv("c1", rng.normal(size=(6, 8, 3, 3)) / 6, rng.normal(size=6) * 0.1 + 0.2, padding=1,
+             scale=1.0),
+        Conv("c2", rng.normal(size=(5, 6, 3, 3)) / 5, rng.normal(size=5) * 0.1 + 0.2, scale=1.0),
+        Flatten("f"),  # 5 x 5 x 5
+        Dense("h", rng.normal(size=(10, 125)) / 10, rng.normal(size=10) * 0.1, scale=1.0),
+        Dense("out", rng.normal(size=(3, 10)), rng.normal(size=3) * 0.1),
+    ]  # fmt: skip
+    return _calibrated(nodes, x, 97), x
+
+
 NETWORKS: dict[str, Callable[[int], tuple[Graph, np.ndarray]]] = {
     "mlp": mlp,
     "mlp-signed": functools.partial(mlp, signed=True),
@@ -132,6 +150,7 @@ NETWORKS: dict[str, Callable[[int], tuple[Graph, np.ndarray]]] = {
     "cnn-avg": functools.partial(cnn, pool="avg"),
     "cnn-max-signed": functools.partial(cnn, pool="max", signed=True),
     "conv-readout": conv_readout,
+    "cnn-dense-channels": cnn_dense_channels,
 }
 
 
