@@ -290,9 +290,8 @@ def _conv(row, weights, nf, idx, val, cur, scale, end, acc, z):  # type: ignore[
     sh, sw, ph, pw = row[SH], row[SW], row[PH], row[PW]
     w_off, b_off = row[W_OFF], row[B_OFF]
     bias = weights[b_off : b_off + n_out]
-    for p in range(ho * wo):
-        for o in range(n_out):
-            acc[p * n_out + o] = bias[o]
+    for j in range(ho * wo * n_out):  # the bias is added with the transpose, at the end
+        acc[j] = 0.0
     hw = h * w
     row_len = kw * n_out
     if sh == 1 and sw == 1 and nf >= 3 * hw:  # three spikes per position on average, or more
@@ -323,9 +322,7 @@ def _conv(row, weights, nf, idx, val, cur, scale, end, acc, z):  # type: ignore[
                         weights, w_off + a * row_len + b_lo * n_out, kh * row_len, length, nc,
                         idx, val, acc[dst : dst + length],
                     )  # fmt: skip
-        for o in range(n_out):  # (Ho, Wo, O) → (O, Ho, Wo)
-            for p in range(ho * wo):
-                z[o * ho * wo + p] = acc[p * n_out + o]
+        _transpose_bias(acc, bias, ho * wo, n_out, z)
         return
     inv_hw = 1.0 / hw
     inv_w = 1.0 / w
@@ -378,9 +375,18 @@ def _conv(row, weights, nf, idx, val, cur, scale, end, acc, z):  # type: ignore[
                     wseg = weights[w_row + b * n_out : w_row + (b + 1) * n_out]
                     for o in range(n_out):
                         seg[o] += v * wseg[o]
-    for o in range(n_out):  # (Ho, Wo, O) → (O, Ho, Wo)
-        for p in range(ho * wo):
-            z[o * ho * wo + p] = acc[p * n_out + o]
+    _transpose_bias(acc, bias, ho * wo, n_out, z)
+
+
+@_jit(inline="always")
+def _transpose_bias(acc, bias, n_pos, n_out, z):  # type: ignore[no-untyped-def]
+    """``z`` ``(O, P)`` = ``acc`` ``(P, O)`` transposed, plus the bias of each channel (after
+    the sum, as ``ops.conv2d`` adds it)."""
+    for o in range(n_out):
+        b = bias[o]
+        zo = z[o * n_pos : (o + 1) * n_pos]
+        for p in range(n_pos):
+            zo[p] = acc[p * n_out + o] + b
 
 
 @_jit()
