@@ -288,3 +288,16 @@ def test_the_batch_event_kernel_of_a_dense_layer_is_the_product_over_fired_input
     k.scatter_batch(a, row, weights, z, np.empty(n_in, np.int64), np.empty(n_in, np.float32))
     np.testing.assert_allclose(z, a @ w.T, rtol=1e-5, atol=1e-5)
     assert not z[1].any()
+
+
+def test_the_batched_event_product_gives_the_same_numbers_on_any_number_of_threads() -> None:
+    """compiled._scatter_product splits the batch over threads: the same float32 numbers."""
+    rng = np.random.default_rng(4)
+    a = rng.random((37, 30)).astype(np.float32)
+    a[a < 0.7] = 0.0
+    w = rng.standard_normal((30, 11)).astype(np.float32)  # W^T
+    row = np.zeros(k.N_COLUMNS, np.int64)
+    row[k.IN_SIZE], row[k.OUT_SIZE] = 30, 11
+    one = compiled._scatter_product(a, row, w.ravel(), 1)
+    np.testing.assert_array_equal(compiled._scatter_product(a, row, w.ravel(), 3), one)
+    np.testing.assert_allclose(one, a @ w, rtol=1e-5, atol=1e-5)

@@ -127,19 +127,32 @@ def conv_readout(seed: int) -> tuple[Graph, np.ndarray]:
 
 def cnn_dense_channels(seed: int) -> tuple[Graph, np.ndarray]:
     """Many channels firing at each position (the convolution's position-by-position path):
-    8 input channels, every value positive, a stride-1 convolution with padding, another
-    without, then dense layers."""
+    8 input channels on a non-square image, every value positive; a stride-1 convolution with
+    a non-square kernel and padding as wide as the kernel (edge columns see only padding),
+    another without padding, then dense layers."""
     rng = np.random.default_rng(seed)
-    x = (0.05 + rng.random((20, 8, 7, 7))).astype(np.float32)
+    x = (0.05 + rng.random((20, 8, 7, 9))).astype(np.float32)
     nodes = [
-        Input("x", (8, 7, 7), 1.1),
-        Conv("c1", rng.normal(size=(6, 8, 3, 3)) / 6, rng.normal(size=6) * 0.1 + 0.2, padding=1,
-             scale=1.0),
+        Input("x", (8, 7, 9), 1.1),
+        Conv("c1", rng.normal(size=(6, 8, 3, 2)) / 5, rng.normal(size=6) * 0.1 + 0.2,
+             padding=(1, 2), scale=1.0),  # (6, 7, 12)
         Conv("c2", rng.normal(size=(5, 6, 3, 3)) / 5, rng.normal(size=5) * 0.1 + 0.2, scale=1.0),
-        Flatten("f"),  # 5 x 5 x 5
-        Dense("h", rng.normal(size=(10, 125)) / 10, rng.normal(size=10) * 0.1, scale=1.0),
+        Flatten("f"),  # 5 x 5 x 10
+        Dense("h", rng.normal(size=(10, 250)) / 14, rng.normal(size=10) * 0.1, scale=1.0),
         Dense("out", rng.normal(size=(3, 10)), rng.normal(size=3) * 0.1),
     ]  # fmt: skip
+    return _calibrated(nodes, x, 97), x
+
+
+def readout_ties(seed: int) -> tuple[Graph, np.ndarray]:
+    """A readout straight on the inputs, quantised to eighths: many spikes arrive at the same
+    time, across the early decision's blocks of eight."""
+    rng = np.random.default_rng(seed)
+    x = (np.round(rng.random((40, 40)) * 8) / 8).astype(np.float32)
+    nodes = [
+        Input("x", (40,), 1.0),
+        Dense("out", rng.normal(size=(4, 40)) / 3, rng.normal(size=4) * 0.1),
+    ]
     return _calibrated(nodes, x, 97), x
 
 
@@ -151,6 +164,7 @@ NETWORKS: dict[str, Callable[[int], tuple[Graph, np.ndarray]]] = {
     "cnn-max-signed": functools.partial(cnn, pool="max", signed=True),
     "conv-readout": conv_readout,
     "cnn-dense-channels": cnn_dense_channels,
+    "readout-ties": readout_ties,
 }
 
 

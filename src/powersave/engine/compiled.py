@@ -292,8 +292,9 @@ def run_compiled(
         cost_model: the planner's time estimates (see :mod:`powersave.engine.planner`).
 
     Threads: batches of at least :data:`PARALLEL_MIN_BATCH` samples are split over
-    ``numba.get_num_threads()`` threads (set it with ``numba.set_num_threads``); the dense
-    kernels use the BLAS threads (threadpoolctl).
+    ``numba.get_num_threads()`` threads (set it with ``numba.set_num_threads``), the event
+    kernels' and a batched Dense layer's event product alike; BLAS products use the BLAS
+    threads (threadpoolctl).
     """
     if kernels not in ("auto", EVENT, DENSE):
         raise ValueError(f"kernels must be 'auto', 'event' or 'dense', got {kernels!r}")
@@ -409,11 +410,13 @@ def _layered(
 ) -> tuple[str, ...]:
     """The batch through the network, each synaptic layer on the kernel the planner picks.
 
-    Consecutive steps on the event kernels run as one segment (one call, no population
-    written out in between); a layer on the dense kernel runs on its own. With a known activity
-    profile every choice is made up front, so that event layers fuse, and a chain of Dense
-    layers on the dense kernel (from the raw inputs on, when the first layer is one of them)
-    passes intensities from one to the next instead of spike times written out and read back.
+    Consecutive steps on the interpreter's event kernels (convolutions, pooling, a readout that
+    decides early) run as one segment (one call, no population written out in between); a
+    layer on the dense kernel, and a Dense layer on the event kernel, run on their own over the
+    batch (see ``batched``). With a known activity profile every choice is made up front, so
+    that event layers fuse, and a chain of Dense layers run over the batch (from the raw inputs
+    on, when the first layer is one of them) passes intensities from one to the next instead of
+    spike times written out and read back.
     Without a profile (the first large batch of a plan) each layer is decided from the measured
     activity of its inputs. The batch's activity becomes the plan's profile.
     """
@@ -537,8 +540,8 @@ def _dense_layer(
     layer = int(row[k.LAYER])
     node = graph.nodes[st]
     if isinstance(node, Dense):
-        # Decode in numba, the product in BLAS (the numpy engine's own `a @ W.T`), bias,
-        # encode, cut-off and counts in numba.
+        # Decode in numba, the product in BLAS (the numpy engine's own `a @ W.T`) or on the
+        # event kernel (a weight row per fired input), bias, encode, cut-off and counts in numba.
         a = cur
         if not decoded:
             a = np.empty((n, cur.shape[1]), np.float32)

@@ -8,13 +8,17 @@ the fraction of the layer's input neurons that fire, known before the layer runs
 Per sample, with ``f`` the fraction of the ``n_in`` input neurons that fire, ``M`` the layer's
 dense multiply-accumulates and ``n_out`` its neurons::
 
-    event ≈ scan · n_in + op[kind] · f · M + out · n_out + fixed
+    event ≈ scan · n_in + op[kind] · f · M + out · n_out + fixed     (in the interpreter)
+    event ≈ op[dense] · f · M + elem · (n_in + n_out)                 (a Dense layer, batched)
     dense ≈ mac[kind] · M + elem · (n_in + n_out)          (+ call overhead / batch)
 
 ``op`` is the time of one synaptic operation of the event kernel (a scattered multiply-add: one
 weight read, one accumulate), ``fixed`` its per-sample set-up, ``mac`` that of one
 multiply-accumulate of the BLAS kernel at large batch, ``elem`` the passes around it (decode the
-inputs, encode the outputs: numba for a Dense layer, numpy for a convolution).
+inputs, encode the outputs: numba for a Dense layer, numpy for a convolution). At large batches
+a Dense layer runs over the batch on intensities either way (``kernels.scatter_batch`` or BLAS
+between the same decoding and encoding passes), so only the product differs; ``op[dense]``
+includes the scan for the inputs that fired.
 Dense is worth it only when most inputs fire and the batch is large enough for BLAS to run at
 speed; at small batches the compiled engine runs the whole network in one call, event only.
 
@@ -60,7 +64,9 @@ class CostModel:
     min_batch: int = 32
 
     def event_ns(self, kind: str, n_in: int, n_out: int, macs: int, active: float) -> float:
-        """Estimated time of the event kernel for one sample."""
+        """Estimated time of the event kernel for one sample of a large batch."""
+        if kind == "dense":  # over the batch, between the dense path's own passes
+            return self.op[kind] * active * macs + self.elem * (n_in + n_out)
         return self.scan * n_in + self.op[kind] * active * macs + self.out * n_out + self.fixed
 
     def dense_ns(self, kind: str, n_in: int, n_out: int, macs: int, batch: int) -> float:
