@@ -49,6 +49,21 @@ def test_a_session_gives_run_s_answers_and_counts(mode: str, signed: bool) -> No
     assert stats.layer_dense_macs == run.stats.layer_dense_macs
 
 
+def test_a_session_s_answers_are_the_caller_s_to_keep() -> None:
+    """Small batches reuse one logits buffer inside the session: what a call returned stays
+    as it was after the next calls."""
+    net, x = network()
+    session = net.session("early")
+    first, first_class = session.logits(x[:1]), session.predict(x[:1])
+    kept, kept_class = first.copy(), first_class.copy()
+    for i in range(1, 6):
+        session.logits(x[i : i + 1])
+        session.predict(x[i : i + 3])
+    np.testing.assert_array_equal(first, kept)
+    np.testing.assert_array_equal(first_class, kept_class)
+    assert not np.shares_memory(session.logits(x[:1]), session.logits(x[:1]))
+
+
 def test_a_session_takes_any_array_like_and_torch_free_inputs() -> None:
     net, x = network()
     session = net.session("cut")
