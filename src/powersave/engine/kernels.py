@@ -666,7 +666,7 @@ def _arrival_order(cur, nf, idx, window, keys, group):  # type: ignore[no-untype
         begin = end
 
 
-#: Arrivals between two tests of the early decision (see :func:`_early`, whose block path
+#: Arrivals between two tests of the early decision (see :func:`_early`, whose fast block path
 #: is written out for eight).
 EARLY_BLOCK = 8
 
@@ -781,7 +781,8 @@ def _early(  # type: ignore[no-untyped-def]
                 saved_pot[j] = pot[j]
                 saved_arrived[j] = arrived[j]
             stop = min(k + block, nf)
-        if stop - k == EARLY_BLOCK:  # a whole block: a set (any order), eight rows per pass
+        if stop - k == 8:  # a whole block of EARLY_BLOCK = 8: a set (any order), eight rows
+            # per pass (other block sizes take the sorted path below: correct, slower)
             o0, o1 = keys[k] & 0xFFFFFFFF, keys[k + 1] & 0xFFFFFFFF
             o2, o3 = keys[k + 2] & 0xFFFFFFFF, keys[k + 3] & 0xFFFFFFFF
             o4, o5 = keys[k + 4] & 0xFFFFFFFF, keys[k + 5] & 0xFFFFFFFF
