@@ -592,12 +592,7 @@ def _scatter_product(
         idx, val = np.empty(n_in, np.int64), np.empty(n_in, np.float32)
         k.scatter_batch(a[lo:hi], row, weights, z[lo:hi], idx, val)
 
-    threads = min(threads, n)
-    if threads <= 1:
-        block(0, n)
-    else:
-        bounds = np.linspace(0, n, threads + 1).astype(int).tolist()
-        list(k.pool(threads).map(block, bounds[:-1], bounds[1:]))
+    k.in_blocks(block, n, threads)
     return z
 
 

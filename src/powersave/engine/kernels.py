@@ -32,10 +32,14 @@ the sum, as numpy adds it.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import numba
 import numpy as np
+
+T = TypeVar("T")
 
 # -- the step table ------------------------------------------------------------------------------
 
@@ -103,7 +107,10 @@ def _encode(z, size, p, popf, nxt, rec, s, rec_off, record, sign):  # type: igno
     Spike times before the cut are written to ``rec[s, rec_off:]`` when ``record``. Returns the
     spikes sent and the neurons saturated. Branch-free, so that it vectorises. (One call per
     layer, not per neuron: numba reference-counts array arguments with atomic operations at
-    every call it does not inline, which costs more than the encoding.)
+    every call it does not inline, which costs more than the encoding.) The next layer's
+    :func:`_gather` is a loop of its own: fused into this one, its data-dependent stores kept
+    the division from vectorising (the bench MLP's first layer 5.9 instead of 5.0 µs per
+    sample, its second 3.2 µs more).
     """
     scale = popf[p, P_SCALE]
     end = popf[p, P_END]
@@ -123,43 +130,6 @@ def _encode(z, size, p, popf, nxt, rec, s, rec_off, record, sign):  # type: igno
         for j in range(size):
             rec[s, rec_off + j] = _spike_time(flip * z[j], scale, end, cut)[0]
     return sent, saturated
-
-
-@_jit()
-def _encode_gather(z, size, p, popf, nxt, sign, fanout, f_off, offset, idx, val, nf):  # type: ignore[no-untyped-def]
-    """:func:`_encode` (without recording), then the next layer's :func:`_gather`.
-
-    Writes the (cut) spike times to ``nxt`` and appends the spikes, as ``_gather`` would find
-    them, to ``idx``/``val`` from position ``nf`` (indices shifted by ``offset``: the OFF
-    channels follow the ON ones). Returns (spikes sent, neurons saturated, the new ``nf``, the
-    next layer's synaptic operations). Two loops, not one: the encoding's division vectorises
-    (eight at a time) only in a loop without the compaction's data-dependent stores (one fused
-    loop: the bench MLP's first layer 5.9 instead of 5.0 µs per sample, its second 3.2 µs more).
-    """
-    scale = popf[p, P_SCALE]
-    end = popf[p, P_END]
-    threshold = popf[p, P_SAT]
-    cut = popf[p, P_CUT]
-    never = np.float32(np.inf)
-    flip = np.float32(sign)
-    fan = fanout[f_off + offset : f_off + offset + size]
-    sent = 0
-    saturated = 0
-    for j in range(size):
-        v = flip * z[j]
-        post = _spike_time(v, scale, end, cut)[1]
-        nxt[j] = post
-        sent += np.int64(post < never)
-        saturated += np.int64(v > threshold)
-    ops = 0
-    for j in range(size):  # write always, advance on a spike (see _gather)
-        t = nxt[j]
-        fired = t < never
-        idx[nf] = j + offset
-        val[nf] = scale * (end - t)  # _intensity without its select: written, not kept
-        ops += fan[j] * np.int64(fired)
-        nf += np.int64(fired)
-    return sent, saturated, nf, ops
 
 
 @_jit()
@@ -851,9 +821,6 @@ def _sample(  # type: ignore[no-untyped-def]
     acc = buf[3]
     val = buf[4]
     size = steps[start, IN_SIZE]
-    gathered = False  # whether idx/val already hold the spikes the next synaptic step reads
-    nf = 0
-    n_ops = 0
     if start > 0:  # spike times of a population (step 0 encodes the raw inputs in place)
         for i in range(size):
             cur[i] = src[s, i]
@@ -868,49 +835,23 @@ def _sample(  # type: ignore[no-untyped-def]
             size = row[OUT_SIZE]
             continue
         p_out = row[POP_OUT]
-        # The step that reads this one's spikes: when it is a synaptic layer, encoding and
-        # its gather are one call (unless the spikes are recorded before their cut).
-        nxt_st = st + 1
-        while nxt_st < stop and steps[nxt_st, KIND] == K_FLATTEN:
-            nxt_st += 1
-        fuse = (
-            (not record) and nxt_st < stop and steps[nxt_st, KIND] in (K_DENSE, K_CONV, K_AVGPOOL)
-        )
-        f_next = steps[nxt_st, F_OFF] if fuse else 0
         if kind == K_INPUT:  # ON/OFF split (ON first) and encode
             n_in = row[IN_SIZE]
             raw = src[s]
-            if fuse:
-                sent, clipped, nf, n_ops = _encode_gather(
-                    raw, n_in, 0, popf, nxt, 1, fanout, f_next, 0, idx, val, 0
-                )
-                if row[FLAG]:
-                    more, clip_off, nf, ops_off = _encode_gather(
-                        raw, n_in, 0, popf, nxt[n_in:], -1, fanout, f_next, n_in, idx, val, nf
-                    )
-                    sent += more
-                    clipped += clip_off
-                    n_ops += ops_off
-                gathered = True
-            else:
-                sent, clipped = _encode(raw, n_in, 0, popf, nxt, rec, s, 0, record, 1)
-                if row[FLAG]:
-                    more, clip_off = _encode(
-                        raw, n_in, 0, popf, nxt[n_in:], rec, s, n_in, record, -1
-                    )
-                    sent += more
-                    clipped += clip_off
+            sent, clipped = _encode(raw, n_in, 0, popf, nxt, rec, s, 0, record, 1)
+            if row[FLAG]:
+                more, clip_off = _encode(raw, n_in, 0, popf, nxt[n_in:], rec, s, n_in, record, -1)
+                sent += more
+                clipped += clip_off
             counts[c, n_layers] += sent
             counts[c, n_layers + n_pops] += clipped
             cur, nxt = nxt, cur
             size = row[OUT_SIZE]
             continue
         p_in = row[POP_IN]
-        if not gathered:
-            nf, n_ops = _gather(
-                cur, size, popf[p_in, P_SCALE], popf[p_in, P_END], fanout, row[F_OFF], idx, val
-            )
-        gathered = False
+        nf, n_ops = _gather(
+            cur, size, popf[p_in, P_SCALE], popf[p_in, P_END], fanout, row[F_OFF], idx, val
+        )
         layer = row[LAYER]
         is_readout = p_out < 0
         if is_readout and early:
@@ -937,15 +878,7 @@ def _sample(  # type: ignore[no-untyped-def]
             for j in range(size):
                 logits[s, j] = z[j]
             return
-        if fuse:
-            sent, clipped, nf, n_ops = _encode_gather(
-                z, size, p_out, popf, nxt, 1, fanout, f_next, 0, idx, val, 0
-            )
-            gathered = True
-        else:
-            sent, clipped = _encode(
-                z, size, p_out, popf, nxt, rec, s, rec_offsets[p_out], record, 1
-            )
+        sent, clipped = _encode(z, size, p_out, popf, nxt, rec, s, rec_offsets[p_out], record, 1)
         counts[c, n_layers + p_out] += sent
         counts[c, n_layers + n_pops + p_out] += clipped
         cur, nxt = nxt, cur
@@ -1032,9 +965,20 @@ def run(
 
 
 @functools.lru_cache(maxsize=4)
-def pool(threads: int) -> ThreadPoolExecutor:
-    """The threads that run blocks of a batch (kernels that release the GIL)."""
+def _pool(threads: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(threads, thread_name_prefix="powersave")
+
+
+def in_blocks(block: Callable[[int, int], T], n: int, threads: int) -> list[T]:
+    """``block(lo, hi)`` over ``threads`` contiguous blocks of ``range(n)``, run by concurrent
+    Python threads (kernels that release the GIL; numba's ``parallel=True`` on the interpreter
+    costs about a minute of compilation, this none). One block, in this thread, when
+    ``threads <= 1``."""
+    threads = min(threads, n)
+    if threads <= 1:
+        return [block(0, n)]
+    bounds = np.linspace(0, n, threads + 1).astype(int).tolist()
+    return list(_pool(threads).map(block, bounds[:-1], bounds[1:]))
 
 
 def run_steps(
@@ -1097,23 +1041,13 @@ def run_steps(
         threads = 1  # one row of counters that every sample adds to: one thread, no lost updates
     ctl = control(start, stop, early, max_size, record, n_layers, n_pops, rec_offsets)
     table64 = plan64(popd, margin)
-    if threads <= 1:
-        bad, clipped = run(
-            src, steps, weights, fanout, popf, table64, readout_table, ctl, out, logits, decided,
-            rec, counts,
-        )  # fmt: skip
-        return int(bad), int(clipped)
-    # The kernel releases the GIL: Python threads over contiguous blocks of samples. (Numba's
-    # parallel=True on this interpreter costs about a minute of compilation; this costs none.)
-    bounds = np.linspace(0, n, threads + 1).astype(int)
 
-    def block(i: int) -> tuple[int, int]:
-        a, b = bounds[i], bounds[i + 1]
+    def block(a: int, b: int) -> tuple[int, int]:
         return run(  # type: ignore[no-any-return]
             src[a:b], steps, weights, fanout, popf, table64, readout_table, ctl,
             out[a:b] if out.shape[0] == n else out, logits[a:b], decided[a:b],
             rec[a:b] if record else rec, counts[a:b],
         )  # fmt: skip
 
-    found = list(pool(threads).map(block, range(threads)))
+    found = in_blocks(block, n, threads)
     return sum(int(f[0]) for f in found), sum(int(f[1]) for f in found)
