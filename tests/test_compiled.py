@@ -210,11 +210,13 @@ def test_the_arrival_order_is_numpy_s_stable_argsort(window: int, seed: int) -> 
     kernels._arrival_order(times, idx.size, idx, window, keys, 1)
     order = keys[: idx.size] & 0xFFFFFFFF
     np.testing.assert_array_equal(idx[order], expected)
-    # In groups of 8: the same sets, group by group (the early decision's blocks).
-    kernels._arrival_order(times, idx.size, idx, window, keys, 8)
-    order = keys[: idx.size] & 0xFFFFFFFF
-    for g in range(0, idx.size, 8):
-        assert sorted(idx[order[g : g + 8]]) == sorted(expected[g : g + 8])
+    # In groups (a power of two; the early decision's blocks are 8): the same sets, group by
+    # group.
+    for group in (2, 8, 32):
+        kernels._arrival_order(times, idx.size, idx, window, keys, group)
+        order = keys[: idx.size] & 0xFFFFFFFF
+        for g in range(0, idx.size, group):
+            assert sorted(idx[order[g : g + group]]) == sorted(expected[g : g + group])
 
 
 def test_one_row_of_counters_is_never_shared_between_threads() -> None:

@@ -602,12 +602,12 @@ def _arrival_order(cur, nf, idx, window, keys, group):  # type: ignore[no-untype
     sort of a bucket puts them in place (against quicksort's mispredicted branches: 4 µs for
     120 spikes).
 
-    With ``group > 1`` the order is exact only *between* consecutive groups of ``group`` keys
-    (positions ``[0, g)``, ``[g, 2g)``, ...): only the buckets that straddle a group boundary
-    are sorted. That is what the early decision needs when it takes the arrivals a group at a
-    time (their sum; the last one's intensity is the group's smallest); it sorts a group
-    itself before taking it one by one. ``keys`` holds ``4 nf + 65`` int64 or more (scratch
-    after the first ``nf``).
+    With ``group > 1`` (a power of two) the order is exact only *between* consecutive groups
+    of ``group`` keys (positions ``[0, g)``, ``[g, 2g)``, ...): only the buckets that straddle
+    a group boundary are sorted. That is what the early decision needs when it takes the
+    arrivals a group at a time (their sum; the last one's intensity is the group's smallest);
+    it sorts a group itself before taking it one by one. ``keys`` holds ``4 nf + 65`` int64
+    or more (scratch after the first ``nf``).
     """
     n_buckets = 64
     while n_buckets < nf:
@@ -631,13 +631,15 @@ def _arrival_order(cur, nf, idx, window, keys, group):  # type: ignore[no-untype
     begin = 0
     for b in range(n_buckets):
         end = starts[b]
-        if end - begin > 1 and (group == 1 or begin // group != (end - 1) // group):
+        # Straddles a boundary: begin // group != (end - 1) // group, for a power of two
+        # without the two integer divisions (~40 cycles each, most of this sort's time).
+        if end - begin > 1 and (begin ^ (end - 1)) >= group:
             _insertion_sort(keys, begin, end)
         begin = end
 
 
 #: Arrivals between two tests of the early decision (see :func:`_early`, whose fast block path
-#: is written out for eight).
+#: is written out for eight); a power of two (:func:`_arrival_order`'s groups).
 EARLY_BLOCK = 8
 
 
