@@ -350,6 +350,9 @@ def _steps(
     threads: int,
     out: np.ndarray = NO_OUT,
 ) -> None:
+    if plan.early_decision and start == prog.readout and stop == start + 1:
+        _early_batch(prog, plan, src, popf, popd, b, threads)
+        return
     bad, _ = k.run_steps(
         src, start, stop, prog.steps, prog.weights, prog.fanout, popf, popd, prog.rec_offsets,
         prog.readout_table, plan.early_decision, plan.margin, prog.max_size, out, b.logits,
@@ -357,6 +360,33 @@ def _steps(
     )  # fmt: skip
     if bad:  # nothing ran: the inputs hold NaN, infinities or (unsigned input) negative values
         _refuse(prog, src)
+
+
+def _early_batch(
+    prog: Program,
+    plan: Plan,
+    src: np.ndarray,
+    popf: np.ndarray,
+    popd: np.ndarray,
+    b: _Buffers,
+    threads: int,
+) -> None:
+    """The readout alone, deciding early, over the batch (:func:`kernels.early_batch`); ``src``
+    holds the spike times of its input population."""
+    n = src.shape[0]
+    row = prog.steps[prog.readout]
+    n_layers, n_pops = len(prog.layers), len(prog.populations)
+    if b.counts.shape[0] == 1:
+        threads = 1  # one row of counters that every sample adds to
+
+    def block(lo: int, hi: int) -> None:
+        k.early_batch(
+            src[lo:hi], row, prog.weights, prog.fanout, popf, popd, prog.readout_table,
+            plan.margin, b.logits[lo:hi], b.decided[lo:hi],
+            b.counts[lo:hi] if b.counts.shape[0] > 1 else b.counts, n_layers, n_pops,
+        )  # fmt: skip
+
+    k.in_blocks(block, n, threads)
 
 
 def _choose(prog: Program, plan: Plan, layer: int, active: float, n: int, model: CostModel) -> str:

@@ -805,6 +805,27 @@ def _early(  # type: ignore[no-untyped-def]
     return used, np.float64(cur[idx[keys[k - 1] & 0xFFFFFFFF]])
 
 
+@_jit(inline="always")
+def _decide(  # type: ignore[no-untyped-def]
+    s, c, row, weights, fanout, cur, nf, n_ops, idx, val, scale64, margin, readout_table, keys,
+    work, z, logits, decided, counts, n_layers, n_pops,
+):  # fmt: skip
+    """Sample ``s``'s Dense readout with the early decision (:func:`_early`), its ``nf`` fired
+    inputs gathered: the potentials at the decision into ``logits[s]``, the time into
+    ``decided[s]``, the operations used (and, without the decision, ``n_ops``) into counter
+    row ``c``."""
+    p_in = row[POP_IN]
+    used, when = _early(
+        row, weights, fanout, cur, nf, idx, val, scale64, p_in, margin, readout_table, keys,
+        work, z,
+    )  # fmt: skip
+    for j in range(row[OUT_SIZE]):
+        logits[s, j] = work[0, j]
+    decided[s] = when
+    counts[c, row[LAYER]] += used
+    counts[c, n_layers + 2 * n_pops] += n_ops
+
+
 @_jit()
 def _sample(  # type: ignore[no-untyped-def]
     s, src, start, stop, steps, weights, fanout, popf, popd, rec_offsets, readout_table,
@@ -857,16 +878,10 @@ def _sample(  # type: ignore[no-untyped-def]
         layer = row[LAYER]
         is_readout = p_out < 0
         if is_readout and early:
-            used, when = _early(
-                row, weights, fanout, cur, nf, idx, val, popd[p_in], p_in, margin, readout_table,
-                keys, work, z,
+            _decide(
+                s, c, row, weights, fanout, cur, nf, n_ops, idx, val, popd[p_in], margin,
+                readout_table, keys, work, z, logits, decided, counts, n_layers, n_pops,
             )  # fmt: skip
-            pot = work[0]
-            for j in range(row[OUT_SIZE]):
-                logits[s, j] = pot[j]
-            decided[s] = when
-            counts[c, layer] += used
-            counts[c, n_layers + 2 * n_pops] += n_ops
             return
         counts[c, layer] += n_ops
         if kind == K_DENSE:
@@ -886,6 +901,34 @@ def _sample(  # type: ignore[no-untyped-def]
         cur, nxt = nxt, cur
     for i in range(size):
         out[s, i] = cur[i]
+
+
+@_jit(nogil=True)
+def early_batch(
+    src, row, weights, fanout, popf, popd, readout_table, margin, logits, decided, counts,
+    n_layers, n_pops,
+):  # fmt: skip
+    """A Dense readout that decides early, over a batch: :func:`run` for the steps ``[readout,
+    readout + 1)`` with an early decision, in a kernel of its own (the interpreter around the
+    same code measured ~8 % slower on the bench MLP's readout at batch 256: 4.9 vs 4.5 µs per
+    sample). ``src`` ``(N, H)``: the (cut) spike times of the readout's input population;
+    the other arguments as :func:`run_steps`'s.
+    """
+    h, p_in = row[IN_SIZE], row[POP_IN]
+    scale, end = popf[p_in, P_SCALE], popf[p_in, P_END]
+    idx = np.empty(h, np.int64)
+    val = np.empty(h, np.float32)
+    z = np.empty(max(h, row[OUT_SIZE]), np.float32)
+    keys = np.empty(4 * h + 65, np.int64)
+    work = np.empty((5, readout_table.shape[1]), np.float64)
+    for s in range(src.shape[0]):
+        cur = src[s]
+        nf, n_ops = _gather(cur, h, scale, end, fanout, row[F_OFF], idx, val)
+        _decide(
+            s, s if counts.shape[0] > 1 else 0, row, weights, fanout, cur, nf, n_ops, idx, val,
+            popd[p_in], margin, readout_table, keys, work, z, logits, decided, counts, n_layers,
+            n_pops,
+        )  # fmt: skip
 
 
 # Entries of the control array of :func:`run` (int64): the steps to run, whether the readout
