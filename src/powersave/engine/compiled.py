@@ -351,7 +351,19 @@ def _steps(
     out: np.ndarray = NO_OUT,
 ) -> None:
     if plan.early_decision and start == prog.readout and stop == start + 1:
-        _early_batch(prog, plan, src, popf, popd, b, threads)
+        # The readout alone, deciding early (after a dense chain): a kernel of its own.
+        row, per_sample = prog.steps[start], b.counts.shape[0] > 1
+        n_layers, n_pops = len(prog.layers), len(prog.populations)
+
+        def block(lo: int, hi: int) -> None:
+            k.early_batch(
+                src[lo:hi], row, prog.weights, prog.fanout, popf, popd, prog.readout_table,
+                plan.margin, b.logits[lo:hi], b.decided[lo:hi],
+                b.counts[lo:hi] if per_sample else b.counts, n_layers, n_pops,
+            )  # fmt: skip
+
+        # One row of counters that every sample adds to: one thread, no lost updates.
+        k.in_blocks(block, src.shape[0], threads if per_sample else 1)
         return
     bad, _ = k.run_steps(
         src, start, stop, prog.steps, prog.weights, prog.fanout, popf, popd, prog.rec_offsets,
@@ -360,33 +372,6 @@ def _steps(
     )  # fmt: skip
     if bad:  # nothing ran: the inputs hold NaN, infinities or (unsigned input) negative values
         _refuse(prog, src)
-
-
-def _early_batch(
-    prog: Program,
-    plan: Plan,
-    src: np.ndarray,
-    popf: np.ndarray,
-    popd: np.ndarray,
-    b: _Buffers,
-    threads: int,
-) -> None:
-    """The readout alone, deciding early, over the batch (:func:`kernels.early_batch`); ``src``
-    holds the spike times of its input population."""
-    n = src.shape[0]
-    row = prog.steps[prog.readout]
-    n_layers, n_pops = len(prog.layers), len(prog.populations)
-    if b.counts.shape[0] == 1:
-        threads = 1  # one row of counters that every sample adds to
-
-    def block(lo: int, hi: int) -> None:
-        k.early_batch(
-            src[lo:hi], row, prog.weights, prog.fanout, popf, popd, prog.readout_table,
-            plan.margin, b.logits[lo:hi], b.decided[lo:hi],
-            b.counts[lo:hi] if b.counts.shape[0] > 1 else b.counts, n_layers, n_pops,
-        )  # fmt: skip
-
-    k.in_blocks(block, n, threads)
 
 
 def _choose(prog: Program, plan: Plan, layer: int, active: float, n: int, model: CostModel) -> str:
