@@ -17,8 +17,10 @@ calibration split) and calibrates their modes; then measures, on the test split:
 - for each: accuracy, synaptic operations per sample (dense MACs for the dense engines), the
   kernels the planner chose, and the peak RSS of a fresh process that ran only that engine;
 - the times come from one process per network that runs every engine in turn within each
-  repeat (interleaved), so that all of them see the same state of the shared machine: the
-  ratios are what to read;
+  repeat (interleaved), so that all of them see the same state of the shared machine, in a
+  random order (seeded) in each repeat, so that no engine always follows the same one (in a
+  fixed order, the same code measured 5-11 % slower timed right after PyTorch than later in
+  the round); the ratios are what to read;
 - cold start of a saved network (import, load, first inference) with a warm kernel cache, in a
   fresh process, and its peak RSS;
 - the peer sinabs (rate-coded integrate-and-fire, ``sinabs.from_model``) when it is installed.
@@ -33,6 +35,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import resource
 import statistics
 import subprocess
@@ -244,15 +247,20 @@ def _times(fn: Any, batches: list[np.ndarray], repeats: int) -> dict[str, float]
 def _interleaved(
     functions: dict[str, Any], batches: list[np.ndarray], repeats: int
 ) -> dict[str, dict[str, float]]:
-    """:func:`_times` of several functions, which take turns within each repeat."""
+    """:func:`_times` of several functions, which take turns within each repeat, in a new
+    random order each repeat (seeded: the same orders in every run)."""
     for fn in functions.values():  # warm up (and compile, on a cold cache)
         for xb in batches[:3]:
             fn(xb)
     samples = sum(len(xb) for xb in batches)
     wall: dict[str, list[float]] = {label: [] for label in functions}
     cpu: dict[str, list[float]] = {label: [] for label in functions}
+    order = list(functions)
+    shuffle = random.Random(0).shuffle
     for _ in range(repeats):
-        for label, fn in functions.items():
+        shuffle(order)
+        for label in order:
+            fn = functions[label]
             start, start_cpu = time.perf_counter(), time.process_time()
             for xb in batches:
                 fn(xb)
