@@ -212,9 +212,8 @@ def test_the_arrival_order_is_numpy_s_stable_argsort(window: int, seed: int) -> 
     kernels._arrival_order(times, idx.size, idx, window, keys, 1)
     order = keys[: idx.size] & 0xFFFFFFFF
     np.testing.assert_array_equal(idx[order], expected)
-    # In groups (a power of two; the early decision's blocks are 8): the same sets, group by
-    # group.
-    for group in (2, 8, 32):
+    # In groups (the early decision's blocks are 8): the same sets, group by group.
+    for group in (2, 3, 8, 32):
         kernels._arrival_order(times, idx.size, idx, window, keys, group)
         order = keys[: idx.size] & 0xFFFFFFFF
         for g in range(0, idx.size, group):

@@ -590,9 +590,9 @@ def _arrival_order(cur, nf, idx, window, keys, group):  # type: ignore[no-untype
     sort of a bucket puts them in place (against quicksort's mispredicted branches: 4 µs for
     120 spikes).
 
-    With ``group > 1`` (a power of two) the order is exact only *between* consecutive groups
-    of ``group`` keys (positions ``[0, g)``, ``[g, 2g)``, ...): only the buckets that straddle
-    a group boundary are sorted. That is what the early decision needs when it takes the
+    With ``group > 1`` the order is exact only *between* consecutive groups of ``group`` keys
+    (positions ``[0, g)``, ``[g, 2g)``, ...): only the buckets that straddle a group boundary
+    are sorted, found from the boundaries. That is what the early decision needs when it takes the
     arrivals a group at a time (their sum; the last one's intensity is the group's smallest);
     it sorts a group itself before taking it one by one. ``keys`` holds ``4 nf + 65`` int64
     or more (scratch after the first ``nf``).
@@ -616,18 +616,26 @@ def _arrival_order(cur, nf, idx, window, keys, group):  # type: ignore[no-untype
         b = bucket[k]
         keys[starts[b]] = (np.int64(bits[idx[k]]) << 32) | k
         starts[b] += 1  # ends as the end of bucket b
-    begin = 0
-    for b in range(n_buckets):
-        end = starts[b]
-        # Straddles a boundary: begin // group != (end - 1) // group, for a power of two
-        # without the two integer divisions (~40 cycles each, most of this sort's time).
-        if end - begin > 1 and (begin ^ (end - 1)) >= group:
-            _insertion_sort(keys, begin, end)
-        begin = end
+    if group == 1:  # the exact order: every bucket of two or more sorted
+        begin = 0
+        for b in range(n_buckets):
+            end = starts[b]
+            if end - begin > 1:
+                _insertion_sort(keys, begin, end)
+            begin = end
+        return
+    # Only the buckets that straddle a group boundary, found from the boundaries (a few)
+    # rather than by scanning the buckets (many, each a mispredicted branch).
+    last = -1
+    for g in range(group, nf, group):
+        b = bucket[keys[g] & 0xFFFFFFFF]
+        if b != last and bucket[keys[g - 1] & 0xFFFFFFFF] == b:
+            _insertion_sort(keys, starts[b - 1] if b > 0 else 0, starts[b])
+            last = b
 
 
 #: Arrivals between two tests of the early decision (see :func:`_early`, whose fast block path
-#: is written out for eight); a power of two (:func:`_arrival_order`'s groups).
+#: is written out for eight).
 EARLY_BLOCK = 8
 
 
