@@ -421,7 +421,7 @@ def measure(quick: bool) -> dict[str, Any]:
     spec_base = {
         "batch": 256,
         "threads": threads,
-        "repeats": 3 if quick else 5,
+        "repeats": 3 if quick else 9,  # 9: a random order widens the spread
         "latency_samples": 40 if quick else 200,
         "throughput_batches": 2 if quick else 7,
     }
