@@ -350,21 +350,6 @@ def _steps(
     threads: int,
     out: np.ndarray = NO_OUT,
 ) -> None:
-    if plan.early_decision and start == prog.readout and stop == start + 1:
-        # The readout alone, deciding early (after a dense chain): a kernel of its own.
-        row, per_sample = prog.steps[start], b.counts.shape[0] > 1
-        n_layers, n_pops = len(prog.layers), len(prog.populations)
-
-        def block(lo: int, hi: int) -> None:
-            k.early_batch(
-                src[lo:hi], row, prog.weights, prog.fanout, popf, popd, prog.readout_table,
-                plan.margin, b.logits[lo:hi], b.decided[lo:hi],
-                b.counts[lo:hi] if per_sample else b.counts, n_layers, n_pops,
-            )  # fmt: skip
-
-        # One row of counters that every sample adds to: one thread, no lost updates.
-        k.in_blocks(block, src.shape[0], threads if per_sample else 1)
-        return
     bad, _ = k.run_steps(
         src, start, stop, prog.steps, prog.weights, prog.fanout, popf, popd, prog.rec_offsets,
         prog.readout_table, plan.early_decision, plan.margin, prog.max_size, out, b.logits,

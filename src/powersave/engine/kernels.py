@@ -664,9 +664,9 @@ def _early(  # type: ignore[no-untyped-def]
     as a set, in two passes of four weight rows over the classes (as fast as one pass of
     eight, whose pointers and intensities spill to the stack), so only the blocks, not the
     arrivals within them, need to be in order (:func:`_arrival_order` with groups); a
-    replayed block is sorted first. (Taking arrivals
-    *back* from the end of the window, where the decisions fall, measured slower: two full
-    passes and a walk back cost more than these blocks.)
+    replayed block is sorted first. (Taking arrivals *back* from the end of the window, where
+    the decisions fall, measured slower: two full passes and a walk back cost more than these
+    blocks.)
 
     ``keys`` (int64), ``work`` (``(5, C')`` float64) and ``z`` (float32) are scratch. Writes the
     potentials at the decision into ``work[0]`` (float64), or, for a sample never certain, the
@@ -905,10 +905,10 @@ def early_batch(
     n_layers, n_pops,
 ):  # fmt: skip
     """A Dense readout that decides early, over a batch: :func:`run` for the steps ``[readout,
-    readout + 1)`` with an early decision, in a kernel of its own (the interpreter around the
-    same code measured ~8 % slower on the bench MLP's readout at batch 256: 4.9 vs 4.5 µs per
-    sample). ``src`` ``(N, H)``: the (cut) spike times of the readout's input population;
-    the other arguments as :func:`run_steps`'s.
+    readout + 1)`` with an early decision, in a kernel of its own (:func:`run_steps` picks it;
+    the interpreter around the same code measured ~8 % slower on the bench MLP's readout at
+    batch 256: 5.3 vs 4.9 µs per sample). ``src`` ``(N, H)``: the (cut) spike times of the
+    readout's input population; the other arguments as :func:`run_steps`'s.
     """
     h, p_in = row[IN_SIZE], row[POP_IN]
     scale, end = popf[p_in, P_SCALE], popf[p_in, P_END]
@@ -1080,6 +1080,19 @@ def run_steps(
     threads = min(threads, n)
     if counts.shape[0] == 1 and n > 1:
         threads = 1  # one row of counters that every sample adds to: one thread, no lost updates
+    row = steps[start]
+    if early and 0 < start == stop - 1 and row[KIND] == K_DENSE and row[POP_OUT] < 0:
+        # The readout alone (a Dense layer with no output population), deciding early (after
+        # a dense chain): a kernel of its own.
+        def readout(a: int, b: int) -> tuple[int, int]:
+            early_batch(
+                src[a:b], row, weights, fanout, popf, popd, readout_table, margin,
+                logits[a:b], decided[a:b], counts[a:b], n_layers, n_pops,
+            )  # fmt: skip
+            return 0, 0
+
+        in_blocks(readout, n, threads)
+        return 0, 0
     ctl = control(start, stop, early, max_size, record, n_layers, n_pops, rec_offsets)
     table64 = plan64(popd, margin)
 
