@@ -207,15 +207,22 @@ def test_the_arrival_order_is_numpy_s_stable_argsort(window: int, seed: int) -> 
     idx = np.flatnonzero(np.isfinite(times)).astype(np.int64)
     keys = np.empty(4 * size + 65, np.int64)
     expected = idx[np.argsort(times[idx], kind="stable")]
-    kernels._arrival_order(times, idx.size, idx, window, keys, 1)
+    kernels._arrival_order(times, idx.size, idx, window, keys)
     order = keys[: idx.size] & 0xFFFFFFFF
     np.testing.assert_array_equal(idx[order], expected)
-    # In groups (the early decision's blocks are 8): the same sets, group by group.
-    for group in (2, 3, 8, 32):
-        kernels._arrival_order(times, idx.size, idx, window, keys, group)
-        order = keys[: idx.size] & 0xFFFFFFFF
-        for g in range(0, idx.size, group):
-            assert sorted(idx[order[g : g + group]]) == sorted(expected[g : g + group])
+    # The buckets alone (the early decision takes arrivals back a bucket at a time): the same
+    # sets as the exact order's, bucket by bucket, each bucket's times within its range.
+    n_buckets = kernels._buckets(times, idx.size, idx, window, keys)
+    ends = keys[2 * idx.size : 2 * idx.size + n_buckets]
+    assert ends[-1] == idx.size and (np.diff(ends) >= 0).all()
+    order = keys[: idx.size] & 0xFFFFFFFF
+    begin = 0
+    for b, end in enumerate(ends):
+        members = idx[order[begin:end]]
+        assert sorted(members) == sorted(expected[begin:end])
+        assert ((times[members] - window) * n_buckets >= b - 1e-3).all()
+        assert ((times[members] - window) * n_buckets < b + 1 + 1e-3).all()
+        begin = end
 
 
 def test_one_row_of_counters_is_never_shared_between_threads() -> None:

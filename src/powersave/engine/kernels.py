@@ -580,68 +580,88 @@ def _insertion_sort(keys, lo, hi):  # type: ignore[no-untyped-def]
 
 
 @_jit()
-def _arrival_order(cur, nf, idx, window, keys, group):  # type: ignore[no-untyped-def]
-    """``keys[:nf]``: the fired inputs in arrival order, as int64 keys ``time bits << 32 | k``.
+def _buckets(cur, nf, idx, window, keys):  # type: ignore[no-untyped-def]
+    """A counting sort of the fired inputs into time buckets; returns the number of buckets.
 
-    The order of numpy's stable argsort: by time, ties by position ``k``. Times are
-    non-negative float32 in ``[window, window + 1)``, whose bit patterns sort as the numbers
-    do, so the low 32 bits of a sorted key are the position. A counting sort into time buckets
-    (stable, and monotone in time) leaves only keys within a bucket out of place; an insertion
-    sort of a bucket puts them in place (against quicksort's mispredicted branches: 4 µs for
-    120 spikes).
-
-    With ``group > 1`` the order is exact only *between* consecutive groups of ``group`` keys
-    (positions ``[0, g)``, ``[g, 2g)``, ...): only the buckets that straddle a group boundary
-    are sorted, found from the boundaries. That is what the early decision needs when it takes the
-    arrivals a group at a time (their sum; the last one's intensity is the group's smallest);
-    it sorts a group itself before taking it one by one. ``keys`` holds ``4 nf + 65`` int64
-    or more (scratch after the first ``nf``).
+    ``keys[:nf]``: the fired inputs as int64 keys ``time bits << 32 | k``, bucket by bucket
+    (``n_buckets`` equal buckets over ``[window, window + 1)``, stable: within a bucket in
+    position order); ``keys[2 nf + b]`` is the end of bucket ``b`` (``b < n_buckets``). Times
+    are non-negative float32 in ``[window, window + 1)``, whose bit patterns sort as the numbers
+    do, so sorting keys sorts by time, ties by position, and the low 32 bits are the position.
+    ``keys`` holds ``4 nf + 65`` int64 or more (scratch after the first ``nf``).
     """
     n_buckets = 64
     while n_buckets < nf:
         n_buckets *= 2
-    starts = keys[2 * nf : 2 * nf + n_buckets + 1]
+    ends = keys[2 * nf : 2 * nf + n_buckets + 1]
     for b in range(n_buckets + 1):
-        starts[b] = 0
+        ends[b] = 0
     bits = cur.view(np.int32)
     bucket = keys[nf : 2 * nf]
     lo = np.float32(window)
     for k in range(nf):
         b = min(max(np.int64((cur[idx[k]] - lo) * n_buckets), 0), n_buckets - 1)
         bucket[k] = b
-        starts[b + 1] += 1
-    for b in range(n_buckets):
-        starts[b + 1] += starts[b]
+        ends[b + 1] += 1
+    total = 0
+    for b in range(1, n_buckets + 1):  # the running total in a register, not through memory
+        total += ends[b]
+        ends[b] = total
     for k in range(nf):
         b = bucket[k]
-        keys[starts[b]] = (np.int64(bits[idx[k]]) << 32) | k
-        starts[b] += 1  # ends as the end of bucket b
-    if group == 1:  # the exact order: every bucket of two or more sorted
-        begin = 0
-        for b in range(n_buckets):
-            end = starts[b]
-            if end - begin > 1:
-                _insertion_sort(keys, begin, end)
-            begin = end
-        return
-    # Only the buckets that straddle a group boundary, found from the boundaries (a few)
-    # rather than by scanning the buckets (many, each a mispredicted branch).
-    last = -1
-    for g in range(group, nf, group):
-        b = bucket[keys[g] & 0xFFFFFFFF]
-        if b != last and bucket[keys[g - 1] & 0xFFFFFFFF] == b:
-            _insertion_sort(keys, starts[b - 1] if b > 0 else 0, starts[b])
-            last = b
+        keys[ends[b]] = (np.int64(bits[idx[k]]) << 32) | k
+        ends[b] += 1  # ends as the end of bucket b
+    return n_buckets
 
 
-#: Arrivals between two tests of the early decision (see :func:`_early`, whose fast block path
-#: is written out for eight).
-EARLY_BLOCK = 8
+@_jit()
+def _arrival_order(cur, nf, idx, window, keys):  # type: ignore[no-untyped-def]
+    """``keys[:nf]``: the fired inputs in arrival order, as int64 keys ``time bits << 32 | k``.
+
+    The order of numpy's stable argsort: by time, ties by position ``k``. The counting sort
+    (:func:`_buckets`) leaves only keys within a bucket out of place; an insertion sort of each
+    bucket of two or more puts them in place (against quicksort's mispredicted branches: 4 µs
+    for 120 spikes). ``keys`` as :func:`_buckets`'s.
+    """
+    n_buckets = _buckets(cur, nf, idx, window, keys)
+    begin = 0
+    for b in range(n_buckets):
+        end = keys[2 * nf + b]
+        if end - begin > 1:
+            _insertion_sort(keys, begin, end)
+        begin = end
+
+
+@_jit(inline="always")
+def _fails(pot, arrived, magnitude, table, n_cls, leader, a_now, keep, rounding):  # type: ignore[no-untyped-def]
+    """How many rivals the certificate of :func:`_early` does not yet exclude, with ``leader``
+    leading and ``arrived`` its row; branch-free (a vectorised pass beats an early exit)."""
+    best = pot[leader]
+    m_l = magnitude[leader]
+    fails = 0
+    for r in range(n_cls):
+        bound = keep * a_now * (table[leader, r] - arrived[r])
+        tolerance = rounding * (m_l + magnitude[r])
+        fails += np.int64(not best - pot[r] > bound + tolerance) * np.int64(r != leader)
+    return fails
+
+
+@_jit(inline="always")
+def _argmax(pot, n_cls):  # type: ignore[no-untyped-def]
+    """``argmax(pot[:n_cls])``, the first of equals (numpy's argmax)."""
+    leader = 0
+    best = pot[0]
+    for j in range(1, n_cls):
+        if pot[j] > best:
+            best = pot[j]
+            leader = j
+    return leader
 
 
 @_jit()
 def _early(  # type: ignore[no-untyped-def]
-    row, weights, fanout, cur, nf, idx, val, scale64, window, margin, readout_table, keys, work, z
+    row, weights, fanout, cur, nf, n_ops, idx, val, scale64, window, margin, readout_table, keys,
+    work, z,
 ):  # fmt: skip
     """Certified early decision of a Dense readout, as ``event._early_decision`` for one sample.
 
@@ -649,153 +669,199 @@ def _early(  # type: ignore[no-untyped-def]
     ``l`` and ``a_now`` the last intensity (``A`` before the first), stop when for every rival
     ``r``: ``lead_r > (1 - margin) * a_now * sum_unarrived max(0, w_ir - w_il) + tolerance``.
 
-    The numpy engine keeps ``sum_arrived max(0, w_ir - w_il)`` for every leader ``l``; only the
-    current leader's row is ever read, so this keeps that one row (summed in the same order
-    between blocks; see below) and rebuilds it when the lead changes hands (rarely): the same
-    numbers up to float64 rounding, C times less work.
+    With ``margin = 0`` certainty, once reached, persists: each later arrival ``i`` can cut a
+    lead by at most ``a_i * max(0, w_ir - w_il)``, exactly what it removes from the bound (the
+    intensities fall and the tolerance is constant), and the leader stays. So the question
+    is asked backwards (:func:`_early_back`): a sample not certain after all its arrivals is
+    never certain (28 % of the bench MLP's test samples, settled by two passes over the
+    arrivals without any sorting), and the others are decided near the window's end (a
+    median 21 of 125 arrivals after the decision), found by taking the arrivals back a time
+    bucket at a time from the end: the state before a bucket is certain or the decision is
+    inside that bucket, the only one put in order. With ``margin > 0`` the bound shrinks by
+    less than an arrival can cut, certainty can come and go, and every arrival is tested in
+    order (:func:`_early_forward`).
 
-    Testing at every arrival costs more than the arrival itself, so with ``margin = 0`` the test
-    runs every :data:`EARLY_BLOCK` arrivals, and when it passes the block is replayed from a
-    snapshot, testing at each arrival, to find the first that passes. That finds the same
-    arrival because certainty, once reached, persists: each later arrival ``i`` can cut a lead
-    by at most ``a_i * max(0, w_ir - w_il)``, exactly what it removes from the bound (the
-    intensities fall and the tolerance is constant). With ``margin > 0`` the bound shrinks by
-    less than that, certainty can come and go, and every arrival is tested. A block goes in
-    as a set, in two passes of four weight rows over the classes (as fast as one pass of
-    eight, whose pointers and intensities spill to the stack), so only the blocks, not the
-    arrivals within them, need to be in order (:func:`_arrival_order` with groups); a
-    replayed block is sorted first. (Taking arrivals *back* from the end of the window, where
-    the decisions fall, measured slower: two full passes and a walk back cost more than these
-    blocks.)
+    ``keys`` (int64), ``work`` (``(5, C')`` float64) and ``z`` (float32) are scratch; ``n_ops``
+    is the fired inputs' operations. Writes the potentials at the decision into ``work[0]``
+    (float64), or, for a sample never certain, the full pass's float32 potentials (the event
+    kernel's scatter over the same spikes, what a run without the early decision computes);
+    returns (operations used, decision time).
+    """
+    if margin == 0.0:
+        return _early_back(
+            row, weights, fanout, cur, nf, n_ops, idx, val, scale64, window, readout_table,
+            keys, work, z,
+        )  # fmt: skip
+    return _early_forward(
+        row, weights, fanout, cur, nf, n_ops, idx, val, scale64, window, margin, readout_table,
+        keys, work, z,
+    )  # fmt: skip
 
-    ``keys`` (int64), ``work`` (``(5, C')`` float64) and ``z`` (float32) are scratch. Writes the
-    potentials at the decision into ``work[0]`` (float64), or, for a sample never certain, the
-    full pass's float32 potentials (the event kernel's scatter over the same spikes, what a run
-    without the early decision computes); returns (operations used, decision time).
+
+@_jit(inline="always")
+def _early_setup(row, weights, scale64, readout_table, work):  # type: ignore[no-untyped-def]
+    """``work[0]`` the potentials before any arrival (the bias), ``work[1]`` zeros (the bound
+    row), ``work[2]`` each class's magnitude ``|b| + A * sum_i |w_i|`` (for the tolerance),
+    ``work[3]`` the bias; returns the float32 rounding bound ``(H + 1) * 2**-23``."""
+    n_cls = row[OUT_SIZE]
+    b_off = row[B_OFF]
+    for j in range(readout_table.shape[1]):
+        b = np.float64(weights[b_off + j]) if j < n_cls else 0.0
+        work[0, j] = b
+        work[1, j] = 0.0
+        work[2, j] = abs(b) + scale64 * readout_table[n_cls, j]
+        work[3, j] = b
+    return (row[IN_SIZE] + 1) * 2.0**-23
+
+
+@_jit(inline="always")
+def _never_certain(row, weights, nf, idx, val, work, z):  # type: ignore[no-untyped-def]
+    """A sample never certain: the full pass's float32 potentials into ``work[0]``."""
+    _dense(row, weights, nf, idx, val, z)
+    for j in range(row[OUT_SIZE]):
+        work[0, j] = z[j]
+
+
+@_jit()
+def _early_back(  # type: ignore[no-untyped-def]
+    row, weights, fanout, cur, nf, n_ops, idx, val, scale64, window, readout_table, keys, work, z
+):  # fmt: skip
+    """:func:`_early` with ``margin = 0``, backwards from the window's end.
+
+    All arrivals summed (in index order, no sorting) give the end's leader ``l`` and test; a
+    failed test there is final. Otherwise the arrivals are taken back a time bucket
+    (:func:`_buckets`) at a time, the state before each bucket tested (its ``a_now`` the
+    smallest intensity of the bucket before, i.e. the last arrival; a leader other than ``l``
+    fails, since a passed test would have kept that leader to the end) until one fails or none
+    is left: the decision is the first arrival of the failing bucket, sorted and replayed
+    forward from the state before it, that passes (or the bucket's last, whose state passed).
+    The same arrival as testing forward at every arrival; potentials equal up to float64
+    rounding (another summation order).
     """
     n_cls = row[OUT_SIZE]
     width = readout_table.shape[1]  # n_cls padded (zero weights)
-    b_off = row[B_OFF]
-    f_off = row[F_OFF]
     first = n_cls + 1  # row of W^T[0] in the table
-    fan = fanout[f_off:]
+    f_off = row[F_OFF]
+    pot = work[0]
+    arrived = work[1]  # sum over arrived inputs of max(0, w_ir - w_il), l the end's leader
+    magnitude = work[2]
+    rounding = _early_setup(row, weights, scale64, readout_table, work)
+    a_now = scale64
+    for k in range(nf):  # every arrival, in index order
+        a = np.float64(val[k])
+        i = first + idx[k]
+        for j in range(width):
+            pot[j] += readout_table[i, j] * a
+        a_now = min(a_now, a)  # the last arrival's (the intensities fall with time)
+    leader = _argmax(pot, n_cls)
+    for k in range(nf):
+        i = first + idx[k]
+        w_l = readout_table[i, leader]
+        for j in range(width):
+            arrived[j] += _positive(readout_table[i, j] - w_l)
+    if _fails(pot, arrived, magnitude, readout_table, n_cls, leader, a_now, 1.0, rounding):
+        _never_certain(row, weights, nf, idx, val, work, z)
+        return n_ops, np.float64(window + 1.0)
+    n_buckets = _buckets(cur, nf, idx, window, keys)
+    ends = keys[2 * nf : 2 * nf + n_buckets]
+    used = n_ops
+    hi = nf  # the state holds the first `hi` arrivals (whole buckets), and it is certain
+    b = n_buckets - 1
+    while hi > 0:
+        while b > 0 and ends[b - 1] >= hi:  # the bucket of arrival hi - 1: [lo, hi)
+            b -= 1
+        lo = ends[b - 1] if b > 0 else 0
+        for m in range(lo, hi):  # taken back
+            o = keys[m] & 0xFFFFFFFF
+            i = first + idx[o]
+            a = np.float64(val[o])
+            w_l = readout_table[i, leader]
+            for j in range(width):
+                pot[j] -= readout_table[i, j] * a
+                arrived[j] -= _positive(readout_table[i, j] - w_l)
+            used -= fanout[f_off + idx[o]]
+        if lo == 0:  # before any arrival: exactly the bias
+            for j in range(width):
+                pot[j] = work[3, j]
+                arrived[j] = 0.0
+            a_now = scale64
+        else:  # the last arrival before the bucket: the smallest intensity of the one before
+            c = b - 1
+            while c > 0 and ends[c - 1] == lo:  # empty buckets
+                c -= 1
+            a_now = scale64
+            for m in range(ends[c - 1] if c > 0 else 0, lo):
+                a_now = min(a_now, np.float64(val[keys[m] & 0xFFFFFFFF]))
+        if _argmax(pot, n_cls) != leader or _fails(
+            pot, arrived, magnitude, readout_table, n_cls, leader, a_now, 1.0, rounding
+        ):
+            # The decision is in [lo, hi): in order, forward from here.
+            _insertion_sort(keys, lo, hi)
+            for m in range(lo, hi):
+                o = keys[m] & 0xFFFFFFFF
+                i = first + idx[o]
+                a = np.float64(val[o])
+                w_l = readout_table[i, leader]
+                for j in range(width):
+                    pot[j] += readout_table[i, j] * a
+                    arrived[j] += _positive(readout_table[i, j] - w_l)
+                used += fanout[f_off + idx[o]]
+                if m == hi - 1 or (
+                    _argmax(pot, n_cls) == leader
+                    and not _fails(
+                        pot, arrived, magnitude, readout_table, n_cls, leader, a, 1.0, rounding
+                    )
+                ):
+                    return used, np.float64(cur[idx[o]])
+        hi = lo
+    return used, np.float64(window)  # certain before the first arrival
+
+
+@_jit()
+def _early_forward(  # type: ignore[no-untyped-def]
+    row, weights, fanout, cur, nf, n_ops, idx, val, scale64, window, margin, readout_table, keys,
+    work, z,
+):  # fmt: skip
+    """:func:`_early` with ``margin > 0``: every arrival in order, tested.
+
+    The numpy engine keeps ``sum_arrived max(0, w_ir - w_il)`` for every leader ``l``; only the
+    current leader's row is ever read, so this keeps that one row and rebuilds it when the lead
+    changes hands (rarely): the same numbers up to float64 rounding, C times less work.
+    """
+    n_cls = row[OUT_SIZE]
+    width = readout_table.shape[1]
+    first = n_cls + 1
+    fan = fanout[row[F_OFF] :]
     pot = work[0]
     arrived = work[1]  # sum over arrived inputs of max(0, w_ir - w_i,kept)
     magnitude = work[2]
-    saved_pot = work[3]  # the state before the block, for a replay
-    saved_arrived = work[4]
-    # Float32 rounding bound of the full pass, as in event._early_decision: (H + 1) * 2**-23
-    # times |b| + A * sum_i |w_i|, for the leader and the rival.
-    rounding = (row[IN_SIZE] + 1) * 2.0**-23
-    block = EARLY_BLOCK if margin == 0.0 else 1
-    _arrival_order(cur, nf, idx, window, keys, block)  # exact between blocks
-    for j in range(width):
-        pot[j] = np.float64(weights[b_off + j]) if j < n_cls else 0.0
-        arrived[j] = 0.0
-        magnitude[j] = abs(pot[j]) + scale64 * readout_table[n_cls, j]
+    rounding = _early_setup(row, weights, scale64, readout_table, work)
+    _arrival_order(cur, nf, idx, window, keys)
     keep = 1.0 - margin
     a_now = scale64
     used = 0
     kept = 0  # the leader whose row `arrived` holds
     k = 0
-    saved_k, saved_a, saved_used, saved_kept = k, a_now, used, kept
-    replaying = False
-    last = 0  # in a replay: the arrival at which the block's test passed
-    # One loop, no helper calls (numba reference-counts the array arguments of every call it
-    # does not inline, which costs more than a test): test, then advance a block of arrivals
-    # (one arrival at a time in a replay).
     while True:
-        leader = 0  # argmax(pot[:n_cls]), the first of equals (numpy's argmax)
-        best = pot[0]
-        for j in range(1, n_cls):
-            if pot[j] > best:
-                best = pot[j]
-                leader = j
+        leader = _argmax(pot, n_cls)
         if leader != kept:
             _leader_row(readout_table, n_cls, idx, keys, k, leader, arrived)
             kept = leader
-        # The certificate, for every rival, branch-free (a vectorised pass beats an early exit).
-        m_l = magnitude[leader]
-        fails = 0
-        for r in range(n_cls):
-            bound = keep * a_now * (readout_table[leader, r] - arrived[r])
-            tolerance = rounding * (m_l + magnitude[r])
-            fails += np.int64(not best - pot[r] > bound + tolerance) * np.int64(r != leader)
-        if replaying:
-            if k > saved_k and (k == last or fails == 0):
-                break
-        elif fails == 0:
-            if k - saved_k <= 1:
-                break
-            # The block passed: replay it from the saved state, testing at each arrival, to
-            # find the first that passes (in arrival order: the block sorted).
-            replaying = True
-            last = k
-            k, a_now, used, kept = saved_k, saved_a, saved_used, saved_kept
-            _insertion_sort(keys, k, last)
-            for j in range(width):
-                pot[j] = saved_pot[j]
-                arrived[j] = saved_arrived[j]
-            continue
-        elif k == nf:  # never certain: the whole window, the full pass's answer
-            _dense(row, weights, nf, idx, val, z)
-            for j in range(n_cls):
-                pot[j] = z[j]
-            return used, np.float64(window + 1.0)
-        if replaying:
-            stop = k + 1
-        else:
-            saved_k, saved_a, saved_used, saved_kept = k, a_now, used, kept
-            for j in range(width):
-                saved_pot[j] = pot[j]
-                saved_arrived[j] = arrived[j]
-            stop = min(k + block, nf)
-        if stop - k == 8:  # a whole block of EARLY_BLOCK = 8: a set (any order), four rows
-            # per pass (other block sizes take the sorted path below: correct, slower)
-            o0, o1 = keys[k] & 0xFFFFFFFF, keys[k + 1] & 0xFFFFFFFF
-            o2, o3 = keys[k + 2] & 0xFFFFFFFF, keys[k + 3] & 0xFFFFFFFF
-            o4, o5 = keys[k + 4] & 0xFFFFFFFF, keys[k + 5] & 0xFFFFFFFF
-            o6, o7 = keys[k + 6] & 0xFFFFFFFF, keys[k + 7] & 0xFFFFFFFF
-            i0, i1, i2, i3 = idx[o0], idx[o1], idx[o2], idx[o3]
-            i4, i5, i6, i7 = idx[o4], idx[o5], idx[o6], idx[o7]
-            a0, a1 = np.float64(val[o0]), np.float64(val[o1])
-            a2, a3 = np.float64(val[o2]), np.float64(val[o3])
-            a4, a5 = np.float64(val[o4]), np.float64(val[o5])
-            a6, a7 = np.float64(val[o6]), np.float64(val[o7])
-            w0, w1 = readout_table[first + i0], readout_table[first + i1]
-            w2, w3 = readout_table[first + i2], readout_table[first + i3]
-            w4, w5 = readout_table[first + i4], readout_table[first + i5]
-            w6, w7 = readout_table[first + i6], readout_table[first + i7]
-            l0, l1, l2, l3 = w0[kept], w1[kept], w2[kept], w3[kept]
-            l4, l5, l6, l7 = w4[kept], w5[kept], w6[kept], w7[kept]
-            for j in range(width):
-                pot[j] += (w0[j] * a0 + w1[j] * a1) + (w2[j] * a2 + w3[j] * a3)
-                arrived[j] += (_positive(w0[j] - l0) + _positive(w1[j] - l1)) + (
-                    _positive(w2[j] - l2) + _positive(w3[j] - l3)
-                )
-            for j in range(width):
-                pot[j] += (w4[j] * a4 + w5[j] * a5) + (w6[j] * a6 + w7[j] * a7)
-                arrived[j] += (_positive(w4[j] - l4) + _positive(w5[j] - l5)) + (
-                    _positive(w6[j] - l6) + _positive(w7[j] - l7)
-                )
-            used += (fan[i0] + fan[i1] + fan[i2] + fan[i3]) + (
-                fan[i4] + fan[i5] + fan[i6] + fan[i7]
-            )
-            a_now = min(min(min(a0, a1), min(a2, a3)), min(min(a4, a5), min(a6, a7)))  # the last
-            k = stop
-        elif not replaying:
-            _insertion_sort(keys, k, stop)  # a last, partial block: one by one, in order
-        while k < stop:  # arrivals: to the potentials, and to the bound row of the kept leader
-            o = keys[k] & 0xFFFFFFFF
-            i = idx[o]
-            a_now = np.float64(val[o])
-            w = readout_table[first + i]
-            w_l = w[kept]
-            for j in range(width):
-                pot[j] += w[j] * a_now
-                arrived[j] += _positive(w[j] - w_l)
-            used += fanout[f_off + i]
-            k += 1
+        if not _fails(pot, arrived, magnitude, readout_table, n_cls, leader, a_now, keep, rounding):
+            break
+        if k == nf:
+            _never_certain(row, weights, nf, idx, val, work, z)
+            return n_ops, np.float64(window + 1.0)
+        o = keys[k] & 0xFFFFFFFF
+        i = idx[o]
+        a_now = np.float64(val[o])
+        w = readout_table[first + i]
+        w_l = w[kept]
+        for j in range(width):
+            pot[j] += w[j] * a_now
+            arrived[j] += _positive(w[j] - w_l)
+        used += fan[i]
+        k += 1
     if k == 0:
         return used, np.float64(window)
     return used, np.float64(cur[idx[keys[k - 1] & 0xFFFFFFFF]])
@@ -812,8 +878,8 @@ def _decide(  # type: ignore[no-untyped-def]
     row ``c``."""
     p_in = row[POP_IN]
     used, when = _early(
-        row, weights, fanout, cur, nf, idx, val, scale64, p_in, margin, readout_table, keys,
-        work, z,
+        row, weights, fanout, cur, nf, n_ops, idx, val, scale64, p_in, margin, readout_table,
+        keys, work, z,
     )  # fmt: skip
     for j in range(row[OUT_SIZE]):
         logits[s, j] = work[0, j]
