@@ -21,7 +21,7 @@ from powersave.engine import kernels as k
 from powersave.engine.compiled import program, run_compiled
 from powersave.engine.event import run_events
 from powersave.engine.planner import DENSE, EVENT, CostModel
-from powersave.graph import Conv, Flatten, Graph, Input
+from powersave.graph import Conv, Dense, Flatten, Graph, Input
 from powersave.network import Network
 from powersave.plan import Plan
 
@@ -223,6 +223,45 @@ def test_the_arrival_order_is_numpy_s_stable_argsort(window: int, seed: int) -> 
         assert ((times[members] - window) * n_buckets >= b - 1e-3).all()
         assert ((times[members] - window) * n_buckets < b + 1 + 1e-3).all()
         begin = end
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_the_early_decision_finds_numpy_s_arrival(seed: int) -> None:
+    """kernels._early with margin 0 walks back from the window's end a time bucket at a time
+    (docs/engine.md): on readouts of every size, with spike times on coarse grids (ties
+    within and across buckets), samples where nothing fires, a bias that decides before the
+    first spike, and a hidden layer in front (a later window), it stops at the numpy engine's
+    arrival: the same decision times and operations, the same logits to rounding."""
+    rng = np.random.default_rng(seed)
+    h, c = int(rng.integers(1, 400)), int(rng.integers(2, 13))
+    grid = int(rng.choice([3, 40, 10**6]))
+    x = (np.round(rng.random((150, h)) * grid) / grid).astype(np.float32)
+    x[rng.random(x.shape) < rng.random()] = 0.0  # silent inputs, a random share
+    x[:4] = 0.0  # nothing fires
+    spread = float(rng.choice([0.5, 2.0, 30.0]))  # 30: decided before the first spike
+    bias = rng.normal(size=c) * spread
+    out_in = h
+    nodes: list = [Input("x", (h,), 1.0)]
+    if seed % 2:  # a hidden layer: the readout's inputs arrive in the second window
+        out_in = int(rng.integers(8, 200))
+        weight = rng.normal(size=(out_in, h)) / np.sqrt(h)
+        nodes.append(Dense("h", weight, rng.normal(size=out_in), scale=1.0))
+    nodes.append(Dense("out", rng.normal(size=(c, out_in)) / np.sqrt(out_in), bias))
+    graph = Graph(tuple(nodes))
+    decided = 0
+    for plan in (Plan(early_decision=True), Plan(cutoffs=(0.5, 0.7), early_decision=True)):
+        plan = Plan(plan.cutoffs[: graph.n_windows], early_decision=True)
+        expected = run_events(graph, x, plan)
+        got = run_compiled(graph, x, plan, kernels="event")
+        # (a hidden layer's spike times agree to float32 rounding: its sums run in another order)
+        np.testing.assert_allclose(got.decision_times, expected.decision_times, rtol=0, atol=2e-6)
+        assert got.stats.layer_synaptic_ops == expected.stats.layer_synaptic_ops
+        assert got.stats.readout_ops_saved == expected.stats.readout_ops_saved
+        np.testing.assert_allclose(got.logits, expected.logits, rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(got.logits.argmax(1), expected.logits.argmax(1))
+        decided += int((expected.decision_times < graph.n_windows).sum())
+    assert 0 < decided < 2 * len(x) or spread == 30.0  # both kinds (the silent samples stay
+    # undecided unless the bias alone decides them)
 
 
 def test_one_row_of_counters_is_never_shared_between_threads() -> None:
