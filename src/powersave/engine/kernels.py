@@ -22,8 +22,7 @@ row of a firing input neuron is contiguous.
 Arithmetic matches :mod:`powersave.coding` operation for operation in float32 (encode, decode,
 cut-off and saturation thresholds are float32 numbers, as numpy computes them with Python
 scalars), and the certified early decision repeats :func:`powersave.engine.event._early_decision`
-in float64 over the arrivals in the same order between blocks of :data:`EARLY_BLOCK` (within a
-block and for the bias, another order: last-bit differences, far below the certificate's
+in float64 (its sums in another order: last-bit differences, far below the certificate's
 tolerance), so both engines take the same decision at the same spike. The potentials'
 summation order differs (scatter here, BLAS there): float32 rounding; the bias is added after
 the sum, as numpy adds it.
