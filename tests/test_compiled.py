@@ -253,8 +253,11 @@ def test_the_early_decision_finds_numpy_s_arrival(seed: int) -> None:
         plan = Plan(plan.cutoffs[: graph.n_windows], early_decision=True)
         expected = run_events(graph, x, plan)
         got = run_compiled(graph, x, plan, kernels="event")
-        # (a hidden layer's spike times agree to float32 rounding: its sums run in another order)
-        np.testing.assert_allclose(got.decision_times, expected.decision_times, rtol=0, atol=2e-6)
+        if seed % 2:  # a hidden layer's spike times agree to float32 rounding (sums in
+            # another order); the inputs' own are the same numbers in both engines
+            np.testing.assert_allclose(got.decision_times, expected.decision_times, atol=2e-6)
+        else:
+            np.testing.assert_array_equal(got.decision_times, expected.decision_times)
         assert got.stats.layer_synaptic_ops == expected.stats.layer_synaptic_ops
         assert got.stats.readout_ops_saved == expected.stats.readout_ops_saved
         np.testing.assert_allclose(got.logits, expected.logits, rtol=1e-6, atol=1e-6)

@@ -669,18 +669,19 @@ def _early(  # type: ignore[no-untyped-def]
     ``r``: ``lead_r > (1 - margin) * a_now * sum_unarrived max(0, w_ir - w_il) + tolerance``.
 
     With ``margin = 0`` certainty, once reached, persists: each later arrival ``i`` can cut a
-    lead by at most ``a_i * max(0, w_ir - w_il)``, exactly what it removes from the bound (the
+    lead by at most ``a_i * max(0, w_ir - w_il)``, no more than it removes from the bound (the
     intensities fall and the tolerance is constant), and the leader stays. So the question
     is asked backwards (:func:`_early_back`): a sample not certain after all its arrivals is
     never certain (28 % of the bench MLP's test samples, settled by two passes over the
-    arrivals without any sorting), and the others are decided near the window's end (a
-    median 21 of 125 arrivals after the decision), found by taking the arrivals back a time
-    bucket at a time from the end: the state before a bucket is certain or the decision is
-    inside that bucket, the only one put in order. With ``margin > 0`` the bound shrinks by
+    arrivals without any sorting, then the float32 full pass for their potentials), and the
+    others are decided near the window's end (a median 21 of 125 arrivals after the
+    decision), found by taking the arrivals back a time bucket at a time from the end: the
+    state before a bucket is certain or the decision is inside that bucket, the only one put
+    in order. With ``margin > 0`` the bound shrinks by
     less than an arrival can cut, certainty can come and go, and every arrival is tested in
     order (:func:`_early_forward`).
 
-    ``keys`` (int64), ``work`` (``(5, C')`` float64) and ``z`` (float32) are scratch; ``n_ops``
+    ``keys`` (int64), ``work`` (``(4, C')`` float64) and ``z`` (float32) are scratch; ``n_ops``
     is the fired inputs' operations. Writes the potentials at the decision into ``work[0]``
     (float64), or, for a sample never certain, the full pass's float32 potentials (the event
     kernel's scatter over the same spikes, what a run without the early decision computes);
@@ -729,11 +730,12 @@ def _early_back(  # type: ignore[no-untyped-def]
 
     All arrivals summed (in index order, no sorting) give the end's leader ``l`` and test; a
     failed test there is final. Otherwise the arrivals are taken back a time bucket
-    (:func:`_buckets`) at a time, the state before each bucket tested (its ``a_now`` the
-    smallest intensity of the bucket before, i.e. the last arrival; a leader other than ``l``
-    fails, since a passed test would have kept that leader to the end) until one fails or none
-    is left: the decision is the first arrival of the failing bucket, sorted and replayed
-    forward from the state before it, that passes (or the bucket's last, whose state passed).
+    (:func:`_buckets`) at a time, the state before each bucket tested with ``l`` (its ``a_now``
+    the smallest intensity of the bucket before, i.e. the last arrival; where another class
+    leads, ``l``'s test fails as that class's would, or it would lead at the end) until one
+    fails or none is left: the decision is the first arrival of the failing bucket, sorted and
+    replayed forward from the state before it, that passes (or the bucket's last, whose state
+    passed).
     The same arrival as testing forward at every arrival; potentials equal up to float64
     rounding (another summation order).
     """
@@ -745,13 +747,13 @@ def _early_back(  # type: ignore[no-untyped-def]
     arrived = work[1]  # sum over arrived inputs of max(0, w_ir - w_il), l the end's leader
     magnitude = work[2]
     rounding = _early_setup(row, weights, scale64, readout_table, work)
-    a_now = scale64
+    a_now = scale64 if nf == 0 else np.inf
     for k in range(nf):  # every arrival, in index order
         a = np.float64(val[k])
         i = first + idx[k]
         for j in range(width):
             pot[j] += readout_table[i, j] * a
-        a_now = min(a_now, a)  # the last arrival's (the intensities fall with time)
+        a_now = min(a_now, a)  # the last arrival's (intensity falls with time, rounded too)
     leader = _argmax(pot, n_cls)
     for k in range(nf):
         i = first + idx[k]
@@ -788,12 +790,11 @@ def _early_back(  # type: ignore[no-untyped-def]
             c = b - 1
             while c > 0 and ends[c - 1] == lo:  # empty buckets
                 c -= 1
-            a_now = scale64
+            a_now = np.inf
             for m in range(ends[c - 1] if c > 0 else 0, lo):
                 a_now = min(a_now, np.float64(val[keys[m] & 0xFFFFFFFF]))
-        if _argmax(pot, n_cls) != leader or _fails(
-            pot, arrived, magnitude, readout_table, n_cls, leader, a_now, 1.0, rounding
-        ):
+        # (Another leader here fails too: its lead over `leader` is not above the bound.)
+        if _fails(pot, arrived, magnitude, readout_table, n_cls, leader, a_now, 1.0, rounding):
             # The decision is in [lo, hi): in order, forward from here.
             _insertion_sort(keys, lo, hi)
             for m in range(lo, hi):
@@ -805,11 +806,8 @@ def _early_back(  # type: ignore[no-untyped-def]
                     pot[j] += readout_table[i, j] * a
                     arrived[j] += _positive(readout_table[i, j] - w_l)
                 used += fanout[f_off + idx[o]]
-                if m == hi - 1 or (
-                    _argmax(pot, n_cls) == leader
-                    and not _fails(
-                        pot, arrived, magnitude, readout_table, n_cls, leader, a, 1.0, rounding
-                    )
+                if m == hi - 1 or not _fails(
+                    pot, arrived, magnitude, readout_table, n_cls, leader, a, 1.0, rounding
                 ):
                     return used, np.float64(cur[idx[o]])
         hi = lo
@@ -896,7 +894,7 @@ def _sample(  # type: ignore[no-untyped-def]
     """Run sample ``s`` through steps ``[start, stop)``; see :func:`run_steps` for the arguments.
 
     ``buf`` ``(5, max_size)`` float32, ``idx`` ``(max_size,)`` and ``keys`` ``(4 max_size + 65,)``
-    int64, ``work`` ``(5, C')`` float64 are scratch, allocated once per batch.
+    int64, ``work`` ``(4, C')`` float64 are scratch, allocated once per batch.
     """
     c = s if counts.shape[0] > 1 else 0  # one row of counters: the samples add up in it
     cur = buf[0]
@@ -981,7 +979,7 @@ def early_batch(
     val = np.empty(h, np.float32)
     z = np.empty(max(h, row[OUT_SIZE]), np.float32)
     keys = np.empty(4 * h + 65, np.int64)
-    work = np.empty((5, readout_table.shape[1]), np.float64)
+    work = np.empty((4, readout_table.shape[1]), np.float64)
     for s in range(src.shape[0]):
         cur = src[s]
         nf, n_ops = _gather(cur, h, scale, end, fanout, row[F_OFF], idx, val)
@@ -1060,7 +1058,7 @@ def run(
     buf = np.empty((5, max_size), np.float32)
     idx = np.empty(max_size, np.int64)
     keys = np.empty(4 * max_size + 65, np.int64)
-    work = np.empty((5, readout_table.shape[1]), np.float64)
+    work = np.empty((4, readout_table.shape[1]), np.float64)
     for s in range(src.shape[0]):
         _sample(
             s, src, start, stop, steps, weights, fanout, popf, popd, rec_offsets, readout_table,
