@@ -249,8 +249,8 @@ def test_the_early_decision_finds_numpy_s_arrival(seed: int) -> None:
     nodes.append(Dense("out", rng.normal(size=(c, out_in)) / np.sqrt(out_in), bias))
     graph = Graph(tuple(nodes))
     decided = 0
-    for plan in (Plan(early_decision=True), Plan(cutoffs=(0.5, 0.7), early_decision=True)):
-        plan = Plan(plan.cutoffs[: graph.n_windows], early_decision=True)
+    for cutoffs in ((), (0.5, 0.7)):
+        plan = Plan(cutoffs[: graph.n_windows], early_decision=True)
         expected = run_events(graph, x, plan)
         got = run_compiled(graph, x, plan, kernels="event")
         if seed % 2:  # a hidden layer's spike times agree to float32 rounding (sums in

@@ -567,6 +567,18 @@ def _positive(d):  # type: ignore[no-untyped-def]
 
 
 @_jit(inline="always")
+def _arrive(table, i, a, sign, leader, pot, arrived):  # type: ignore[no-untyped-def]
+    """One arrival of the early decision: row ``i`` of the readout table (an input's weights)
+    times its intensity ``a`` into the potentials, and its ``max(0, w_ir - w_i,leader)`` into
+    the bound row ``arrived``; ``sign = -1.0`` takes it back (the same numbers, negated)."""
+    w_l = table[i, leader]
+    step = sign * a
+    for j in range(table.shape[1]):
+        pot[j] += table[i, j] * step
+        arrived[j] += sign * _positive(table[i, j] - w_l)
+
+
+@_jit(inline="always")
 def _insertion_sort(keys, lo, hi):  # type: ignore[no-untyped-def]
     """Sort ``keys[lo:hi]`` in place (few keys, or keys nearly in order)."""
     for k in range(lo + 1, hi):
@@ -774,12 +786,7 @@ def _early_back(  # type: ignore[no-untyped-def]
         lo = ends[b - 1] if b > 0 else 0
         for m in range(lo, hi):  # taken back
             o = keys[m] & 0xFFFFFFFF
-            i = first + idx[o]
-            a = np.float64(val[o])
-            w_l = readout_table[i, leader]
-            for j in range(width):
-                pot[j] -= readout_table[i, j] * a
-                arrived[j] -= _positive(readout_table[i, j] - w_l)
+            _arrive(readout_table, first + idx[o], np.float64(val[o]), -1.0, leader, pot, arrived)
             used -= fanout[f_off + idx[o]]
         if lo == 0:  # before any arrival: exactly the bias
             for j in range(width):
@@ -799,12 +806,8 @@ def _early_back(  # type: ignore[no-untyped-def]
             _insertion_sort(keys, lo, hi)
             for m in range(lo, hi):
                 o = keys[m] & 0xFFFFFFFF
-                i = first + idx[o]
                 a = np.float64(val[o])
-                w_l = readout_table[i, leader]
-                for j in range(width):
-                    pot[j] += readout_table[i, j] * a
-                    arrived[j] += _positive(readout_table[i, j] - w_l)
+                _arrive(readout_table, first + idx[o], a, 1.0, leader, pot, arrived)
                 used += fanout[f_off + idx[o]]
                 if m == hi - 1 or not _fails(
                     pot, arrived, magnitude, readout_table, n_cls, leader, a, 1.0, rounding
@@ -826,9 +829,8 @@ def _early_forward(  # type: ignore[no-untyped-def]
     changes hands (rarely): the same numbers up to float64 rounding, C times less work.
     """
     n_cls = row[OUT_SIZE]
-    width = readout_table.shape[1]
     first = n_cls + 1
-    fan = fanout[row[F_OFF] :]
+    f_off = row[F_OFF]
     pot = work[0]
     arrived = work[1]  # sum over arrived inputs of max(0, w_ir - w_i,kept)
     magnitude = work[2]
@@ -850,14 +852,9 @@ def _early_forward(  # type: ignore[no-untyped-def]
             _never_certain(row, weights, nf, idx, val, work, z)
             return n_ops, np.float64(window + 1.0)
         o = keys[k] & 0xFFFFFFFF
-        i = idx[o]
         a_now = np.float64(val[o])
-        w = readout_table[first + i]
-        w_l = w[kept]
-        for j in range(width):
-            pot[j] += w[j] * a_now
-            arrived[j] += _positive(w[j] - w_l)
-        used += fan[i]
+        _arrive(readout_table, first + idx[o], a_now, 1.0, kept, pot, arrived)
+        used += fanout[f_off + idx[o]]
         k += 1
     if k == 0:
         return used, np.float64(window)
