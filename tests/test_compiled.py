@@ -106,7 +106,9 @@ def test_the_planner_weighs_activity_at_large_batches() -> None:
 def test_planner_choice_is_recorded_and_counts_stay_event_counts() -> None:
     g, x = small_mlp()
     x = np.concatenate([x] * 2)
-    always_dense = CostModel(op={"dense": 1e3, "conv": 1e3, "avgpool": 1e3}, min_batch=2)
+    always_dense = CostModel(
+        op={"dense": 1e3, "conv": 1e3, "avgpool": 1e3}, op_narrow=1e3, min_batch=2
+    )
     plan = Plan(cutoffs=(0.7, 0.9))
     got = run_compiled(g, x, plan, cost_model=always_dense, record_spikes=True)
     expected = run_events(g, x, plan, record_spikes=True)
@@ -320,22 +322,33 @@ def test_a_dense_chain_passes_intensities_with_the_same_counts_and_records() -> 
     np.testing.assert_array_equal(chained.logits.argmax(1), event.logits.argmax(1))
 
 
-def test_the_batch_event_kernel_of_a_dense_layer_is_the_product_over_fired_inputs() -> None:
-    """kernels.scatter_batch: ``a @ W.T`` with one weight row per non-zero input (the rows in
-    blocks of eight and the rest one by one), 0 for a sample where nothing fired."""
+@pytest.mark.parametrize("n_in", [37, 64, 150])
+def test_the_batch_event_kernel_of_a_dense_layer_is_the_interpreter_s_scatter(n_in: int) -> None:
+    """kernels.scatter_batch: ``a @ W.T`` with one weight row per non-zero input, panel by
+    panel, bit for bit the interpreter's scatter of the same sample (kernels._dense without a
+    bias); 0 for a sample where nothing fired. 37 outputs: two panels of 16 and 5 more."""
     rng = np.random.default_rng(3)
-    n_in, n_out = 37, 13
+    n_out = 37
     w = rng.standard_normal((n_out, n_in)).astype(np.float32)
-    a = rng.random((5, n_in)).astype(np.float32)
+    a = rng.random((7, n_in)).astype(np.float32)
     a[a < 0.6] = 0.0  # about 40 % fire
     a[1] = 0.0  # nothing fires
     a[2, :9] = 1.0
-    a[2, 9:] = 0.0  # one block of eight and one more
-    weights = np.concatenate([np.zeros(3, np.float32), w.T.ravel()])  # at an offset
+    a[2, 9:] = 0.0  # two groups of four and one more
+    a[3, :] = 0.5  # every input: the sixty-four-input masks full
+    a[4, :-6] = 0.0  # only the last few (the tail after the masks)
+    wt = np.ascontiguousarray(w.T)
     row = np.zeros(k.N_COLUMNS, np.int64)
-    row[k.IN_SIZE], row[k.OUT_SIZE], row[k.W_OFF] = n_in, n_out, 3
-    z = np.full((5, n_out), np.nan, np.float32)
-    k.scatter_batch(a, row, weights, z, np.empty(n_in, np.int64), np.empty(n_in, np.float32))
+    row[k.IN_SIZE], row[k.OUT_SIZE], row[k.W_OFF], row[k.B_OFF] = n_in, n_out, 0, wt.size
+    weights = np.concatenate([wt.ravel(), np.zeros(n_out, np.float32)])  # bias 0
+    z = np.full((7, n_out), np.nan, np.float32)
+    idx, val = np.empty(7 * n_in, np.int32), np.empty(7 * n_in, np.float32)
+    k.scatter_batch(a, row, compiled.panel_layout(wt), z, idx, val, np.empty(8, np.int64))
+    for s in range(7):
+        fired = np.flatnonzero(a[s])
+        one = np.empty(n_out, np.float32)
+        k._dense(row, weights, len(fired), fired.astype(np.int64), a[s, fired], one)
+        np.testing.assert_array_equal(z[s], one)
     np.testing.assert_allclose(z, a @ w.T, rtol=1e-5, atol=1e-5)
     assert not z[1].any()
 
@@ -348,6 +361,18 @@ def test_the_batched_event_product_gives_the_same_numbers_on_any_number_of_threa
     w = rng.standard_normal((30, 11)).astype(np.float32)  # W^T
     row = np.zeros(k.N_COLUMNS, np.int64)
     row[k.IN_SIZE], row[k.OUT_SIZE] = 30, 11
-    one = compiled._scatter_product(a, row, w.ravel(), 1)
-    np.testing.assert_array_equal(compiled._scatter_product(a, row, w.ravel(), 3), one)
+    panels = compiled.panel_layout(w)
+    one = compiled._scatter_product(a, row, panels, 1)
+    np.testing.assert_array_equal(compiled._scatter_product(a, row, panels, 3), one)
     np.testing.assert_allclose(one, a @ w, rtol=1e-5, atol=1e-5)
+
+
+def test_the_planner_s_panel_is_the_kernel_s() -> None:
+    """The cost model prices a batched Dense layer's outputs outside the kernel's panels apart:
+    its panel width is the kernel's, and a 10-class readout (all outside) goes to BLAS."""
+    from powersave.engine.simd import PANEL
+
+    model = CostModel()
+    assert model.panel == PANEL
+    assert model.choose("dense", 256, 10, 2560, 0.7, batch=256) == DENSE
+    assert model.choose("dense", 256, 256, 256 * 256, 0.2, batch=256) == EVENT

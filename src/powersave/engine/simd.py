@@ -1,0 +1,272 @@
+"""Two LLVM intrinsics for the batched Dense scatter: what numba's loops cannot express.
+
+- :func:`cttz`: the index of the lowest set bit (``llvm.cttz``, one ``tzcnt``), to walk the
+  fired inputs of a 64-input bit mask without a branch per input.
+- :func:`panel_sum`: the products of a sample's fired inputs with one *panel* of a Dense layer's
+  weights (``PANEL`` consecutive output columns of ``W^T``, stored ``(in, PANEL)`` contiguous)
+  summed in two 8-float vector registers, then stored once. Numba's own code for the same sum
+  keeps the accumulators in memory (its arrays may alias, so LLVM reloads them after every
+  store) and cannot hold a vector in a variable.
+
+Both are inlined into the calling numba kernel, so they are cached with it. The arithmetic is
+float32 ``fmul``/``fadd`` without contraction, in the order of ``kernels._scatter``: the fired
+inputs four at a time, ``z += (v0 w0 + v1 w1) + (v2 w2 + v3 w3)``, then two, then one, from
+``z = 0``: a panel's sums are bit for bit the interpreter's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+#: Output columns per panel: two AVX2 vectors of float32, one 64-byte cache line per input row.
+PANEL = 16
+_LANES = 8
+
+_I1, _I32, _I64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
+_VEC = ir.VectorType(ir.FloatType(), _LANES)
+
+
+def _data(context: Any, builder: Any, ty: Any, value: Any) -> Any:
+    """The data pointer of a numba array argument."""
+    return context.make_array(ty)(context, builder, value).data
+
+
+def _vector_at(builder: Any, ptr: Any, offset: Any, vec: Any) -> Any:
+    """A ``vec *`` to element ``offset`` of ``ptr``."""
+    return builder.bitcast(builder.gep(ptr, [offset], inbounds=True), vec.as_pointer())
+
+
+def _splat(builder: Any, x: Any, vec: Any) -> Any:
+    """``vec`` with ``x`` in every lane."""
+    one = builder.insert_element(ir.Constant(vec, ir.Undefined), x, ir.Constant(_I32, 0))
+    mask = ir.Constant(ir.VectorType(_I32, vec.count), [0] * vec.count)
+    return builder.shuffle_vector(one, ir.Constant(vec, ir.Undefined), mask)
+
+
+def _index(builder: Any, ptr: Any, k: Any) -> Any:
+    """``ptr[k]``, an integer index, as int64."""
+    i = builder.load(builder.gep(ptr, [k], inbounds=True))
+    return builder.sext(i, _I64) if i.type.width < 64 else i
+
+
+@intrinsic
+def cttz(typingctx: Any, x: Any) -> Any:
+    """Trailing zeros of a non-zero ``uint64`` (undefined for 0)."""
+    sig = types.uint64(types.uint64)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        return builder.cttz(args[0], ir.Constant(_I1, 1))
+
+    return sig, codegen
+
+
+@intrinsic
+def panel_sum(
+    typingctx: Any, panels: Any, idx: Any, val: Any, lo: Any, hi: Any, base: Any, z: Any, at: Any
+) -> Any:
+    """``z[at + j] = sum_{lo <= k < hi} val[k] * panels[base + idx[k] * PANEL + j]``, ``j <
+    PANEL``.
+
+    ``panels`` float32 and ``z`` float32 C-contiguous (1-D), ``idx`` integer and ``val``
+    float32 (1-D); ``lo``, ``hi``, ``base``, ``at`` int64. Summed as :mod:`simd` says.
+    """
+    sig = types.void(panels, idx, val, types.int64, types.int64, types.int64, z, types.int64)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        p_ty, i_ty, v_ty, _, _, _, z_ty, _ = signature.args
+        p_arr, i_arr, v_arr, lo, hi, base, z_arr, at = args
+        # Data pointers first: numba's array structs emit instructions where they are made.
+        w_ptr = _data(context, builder, p_ty, p_arr)
+        i_ptr = _data(context, builder, i_ty, i_arr)
+        v_ptr = _data(context, builder, v_ty, v_arr)
+        z_ptr = _data(context, builder, z_ty, z_arr)
+        zero = ir.Constant(_VEC, [0.0] * _LANES)
+        n_vec = PANEL // _LANES
+
+        def const(n: int) -> Any:
+            return ir.Constant(_I64, n)
+
+        def row(k: Any) -> list[Any]:
+            start = builder.add(base, builder.mul(_index(builder, i_ptr, k), const(PANEL)))
+            return [
+                builder.load(
+                    _vector_at(builder, w_ptr, builder.add(start, const(q * _LANES)), _VEC),
+                    align=4,
+                )
+                for q in range(n_vec)
+            ]
+
+        def splat(k: Any) -> Any:
+            return _splat(builder, builder.load(builder.gep(v_ptr, [k], inbounds=True)), _VEC)
+
+        fn = builder.function
+        entry = builder.block
+        head = fn.append_basic_block("panel.fours")
+        body = fn.append_basic_block("panel.four")
+        tail = fn.append_basic_block("panel.tail")
+        two = fn.append_basic_block("panel.two")
+        after_two = fn.append_basic_block("panel.after_two")
+        one = fn.append_basic_block("panel.one")
+        done = fn.append_basic_block("panel.done")
+        builder.branch(head)
+
+        # Four at a time: acc += (v0 w0 + v1 w1) + (v2 w2 + v3 w3).
+        builder.position_at_end(head)
+        k = builder.phi(_I64)
+        acc = [builder.phi(_VEC) for _ in range(n_vec)]
+        k.add_incoming(lo, entry)
+        for a in acc:
+            a.add_incoming(zero, entry)
+        builder.cbranch(builder.icmp_signed("<=", builder.add(k, const(4)), hi), body, tail)
+        builder.position_at_end(body)
+        ks = [builder.add(k, const(d)) for d in range(4)]
+        rows = [row(x) for x in ks]
+        vals = [splat(x) for x in ks]
+        for q, a in enumerate(acc):
+            m = [builder.fmul(vals[d], rows[d][q]) for d in range(4)]
+            a.add_incoming(
+                builder.fadd(a, builder.fadd(builder.fadd(m[0], m[1]), builder.fadd(m[2], m[3]))),
+                body,
+            )
+        k.add_incoming(builder.add(k, const(4)), body)
+        builder.branch(head)
+
+        # Then two: acc += v0 w0 + v1 w1.
+        builder.position_at_end(tail)
+        builder.cbranch(builder.icmp_signed("<=", builder.add(k, const(2)), hi), two, after_two)
+        builder.position_at_end(two)
+        k1 = builder.add(k, const(1))
+        r0, r1 = row(k), row(k1)
+        v0, v1 = splat(k), splat(k1)
+        acc_two = [
+            builder.fadd(a, builder.fadd(builder.fmul(v0, r0[q]), builder.fmul(v1, r1[q])))
+            for q, a in enumerate(acc)
+        ]
+        k_two = builder.add(k, const(2))
+        builder.branch(after_two)
+        builder.position_at_end(after_two)
+        k_left = builder.phi(_I64)
+        k_left.add_incoming(k, tail)
+        k_left.add_incoming(k_two, two)
+        acc_left = []
+        for q in range(n_vec):
+            a = builder.phi(_VEC)
+            a.add_incoming(acc[q], tail)
+            a.add_incoming(acc_two[q], two)
+            acc_left.append(a)
+
+        # Then one: acc += v w.
+        builder.cbranch(builder.icmp_signed("<", k_left, hi), one, done)
+        builder.position_at_end(one)
+        r, v = row(k_left), splat(k_left)
+        acc_one = [builder.fadd(a, builder.fmul(v, r[q])) for q, a in enumerate(acc_left)]
+        builder.branch(done)
+
+        builder.position_at_end(done)
+        final = []
+        for q in range(n_vec):
+            a = builder.phi(_VEC)
+            a.add_incoming(acc_left[q], after_two)
+            a.add_incoming(acc_one[q], one)
+            final.append(a)
+        for q, a in enumerate(final):
+            builder.store(
+                a, _vector_at(builder, z_ptr, builder.add(at, const(q * _LANES)), _VEC), align=4
+            )
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+_F64 = ir.DoubleType()
+_VEC64 = ir.VectorType(_F64, 4)
+
+
+def _rows_pass(n_vec: int, bound: bool) -> Any:
+    """An intrinsic summing rows of a float64 table ``(R, 4 n_vec)`` over fired inputs into
+    ``out[: 4 n_vec]`` (added to what it holds), the sums in ``n_vec`` vector registers:
+
+    - ``bound=False``: ``out += table[first + idx[k]] * float64(val[k])`` for ``k < nf``
+      (the early decision's potentials);
+    - ``bound=True``: ``out += max(0, table[first + idx[k]] - table[first + idx[k], leader])``
+      as ``(d + |d|) * 0.5`` (its bound row for ``leader``).
+
+    One row after another in ``k``'s order, ``fmul`` then ``fadd``: the numbers of the same
+    loop written in numba, which keeps ``out`` in memory (a store and a reload per row).
+    """
+
+    def typer(typingctx: Any, table: Any, first: Any, idx: Any, val: Any, nf: Any, extra: Any,
+              out: Any) -> Any:  # fmt: skip
+        sig = types.void(table, types.int64, idx, val, types.int64, types.int64, out)
+
+        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+            t_ty, _, i_ty, v_ty, _, _, o_ty = signature.args
+            t_arr, first, i_arr, v_arr, nf, extra, o_arr = args
+            t_ptr = _data(context, builder, t_ty, t_arr)
+            i_ptr = _data(context, builder, i_ty, i_arr)
+            v_ptr = _data(context, builder, v_ty, v_arr)
+            o_ptr = _data(context, builder, o_ty, o_arr)
+            width = ir.Constant(_I64, 4 * n_vec)
+
+            def quarter(ptr: Any, q: int, start: Any = None) -> Any:
+                offset = ir.Constant(_I64, 4 * q)
+                return _vector_at(
+                    builder, ptr, offset if start is None else builder.add(start, offset), _VEC64
+                )
+
+            start = [builder.load(quarter(o_ptr, q), align=8) for q in range(n_vec)]
+            half = ir.Constant(_VEC64, [0.5] * 4)
+            fn = builder.function
+            entry = builder.block
+            head = fn.append_basic_block("rows.head")
+            body = fn.append_basic_block("rows.body")
+            done = fn.append_basic_block("rows.done")
+            builder.branch(head)
+            builder.position_at_end(head)
+            k = builder.phi(_I64)
+            acc = [builder.phi(_VEC64) for _ in range(n_vec)]
+            k.add_incoming(ir.Constant(_I64, 0), entry)
+            for a, s in zip(acc, start, strict=True):
+                a.add_incoming(s, entry)
+            builder.cbranch(builder.icmp_signed("<", k, nf), body, done)
+            builder.position_at_end(body)
+            base = builder.mul(builder.add(first, _index(builder, i_ptr, k)), width)
+            if bound:
+                lead = builder.load(builder.gep(t_ptr, [builder.add(base, extra)], inbounds=True))
+            else:
+                v = builder.load(builder.gep(v_ptr, [k], inbounds=True))
+                lead = builder.fpext(v, _F64) if v.type != _F64 else v
+            factor = _splat(builder, lead, _VEC64)
+            for q, a in enumerate(acc):
+                row = builder.load(quarter(t_ptr, q, base), align=8)
+                if bound:
+                    d = builder.fsub(row, factor)
+                    fabs = cgutils.get_or_insert_function(
+                        builder.module, ir.FunctionType(_VEC64, [_VEC64]), "llvm.fabs.v4f64"
+                    )
+                    term = builder.fmul(builder.fadd(d, builder.call(fabs, [d])), half)
+                else:
+                    term = builder.fmul(row, factor)
+                a.add_incoming(builder.fadd(a, term), body)
+            k.add_incoming(builder.add(k, ir.Constant(_I64, 1)), body)
+            builder.branch(head)
+            builder.position_at_end(done)
+            for q, a in enumerate(acc):
+                builder.store(a, quarter(o_ptr, q), align=8)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return intrinsic(typer)
+
+
+#: ``pot_rows[n](table, first, idx, val, nf, 0, pot)`` and ``bound_rows[n](table, first, idx,
+#: val, nf, leader, arrived)`` for a table of ``4 n`` columns (``n`` in 1..4): see
+#: :func:`_rows_pass`.
+pot_rows1, pot_rows2, pot_rows3, pot_rows4 = (_rows_pass(n, False) for n in range(1, 5))
+bound_rows1, bound_rows2, bound_rows3, bound_rows4 = (_rows_pass(n, True) for n in range(1, 5))
