@@ -41,7 +41,7 @@ class Session:
         self.network = network
         self.plan = network.plan(mode)
         self.mode = self.plan.name or (mode if isinstance(mode, str) else "custom")
-        self._batches: RunStats | None = None  # the counts of the calls run_compiled answered
+        self._batches: RunStats | None = None  # the counts of the numpy engine's calls
         self._compiled = None
         if runner is not run_events:
             from powersave.engine import compiled
@@ -62,8 +62,14 @@ class Session:
         self._shape = tuple(graph.input.shape)
         self._features = int(np.prod(self._shape))
         self._classes = prog.n_classes
+        self._saturated = len(prog.layers) + len(prog.populations)  # the inputs' column
         self._counts = np.zeros((1, prog.n_counts), np.int64)  # the kernel adds every sample
         self._n = 0
+        # Large batches (the planner's path): their counters summed, and each layer's kernel
+        # on the first of them.
+        self._planned = np.zeros(prog.n_counts, np.int64)
+        self._planned_n = 0
+        self._kernels: tuple[str, ...] = ()
         self._min_batch = compiled.DEFAULT_COSTS.min_batch
         self._decided = np.empty(self._min_batch)  # decision times: not kept by a session
         # Small batches' logits: one buffer, reused (the answers are converted before they
@@ -102,16 +108,18 @@ class Session:
         the first. Without the zero-skipping baseline (``zero_skip_ops`` is 0): use
         :meth:`Network.run` for comparisons."""
         parts = [] if self._batches is None else [self._batches]
-        if self._compiled is not None and self._n:
-            parts.append(
-                self._compiled.stats_from_counts(
-                    self._prog,
-                    self.plan,
-                    self._n,
-                    self._counts[0].tolist(),
-                    (self._compiled.EVENT,) * len(self._prog.layers),
-                )
-            )
+        compiled = self._compiled
+        if compiled is not None:
+            for n, counts, kernels in (
+                (self._planned_n, self._planned, self._kernels),
+                (self._n, self._counts[0], (compiled.EVENT,) * len(self._prog.layers)),
+            ):
+                if n:
+                    parts.append(
+                        compiled.stats_from_counts(
+                            self._prog, self.plan, n, counts.tolist(), kernels
+                        )
+                    )
         return RunStats.merge(parts) if parts else None
 
     def reset(self) -> None:
@@ -120,6 +128,9 @@ class Session:
         if self._compiled is not None:
             self._counts[:] = 0
             self._n = 0
+            self._planned[:] = 0
+            self._planned_n = 0
+            self._kernels = ()
 
     # -- the run ----------------------------------------------------------------------------------
 
@@ -139,12 +150,13 @@ class Session:
             x = np.ascontiguousarray(self.network.check_inputs(x))  # a clear error, or a batch
         n = x.shape[0]
         if n >= self._min_batch:  # the planner's path (it refuses bad inputs too)
-            result = compiled.run_compiled(
-                self.network.graph, x, self.plan, costs=self.network.costs, baselines=False
-            )
-            self._add(result.stats)
-            warn_if_clipped(result.stats.saturated[0], n * self._inputs, self.network, 3)
-            return result.logits.astype(np.float64)
+            b, kernels, totals = compiled.run_batch(self.network.graph, self._prog, self.plan, x)
+            self._planned += totals
+            self._planned_n += n
+            self._kernels = self._kernels or kernels
+            warn_if_clipped(totals[self._saturated], n * self._inputs, self.network, 3)
+            # float32, as run_compiled's logits (predictions agree with Network.run's)
+            return b.logits.astype(np.float32).astype(np.float64)
         logits, decided = self._one if n == 1 else (self._logits[:n], self._decided[:n])
         bad, clipped = self._kernel(
             x.reshape(n, self._features), *self._program_args, logits, decided, self._no_rec,

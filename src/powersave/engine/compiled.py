@@ -334,28 +334,46 @@ def run_compiled(
         raise ValueError(f"kernels must be 'auto', 'event' or 'dense', got {kernels!r}")
     prog = program(graph, costs)
     check_plan(prog, plan)
+    b, chosen, totals = run_batch(graph, prog, plan, x, record_spikes, kernels, cost_model)
+    return _result(graph, prog, plan, x, b, totals, chosen, record_spikes, baselines)
+
+
+def run_batch(
+    graph: Graph,
+    prog: Program,
+    plan: Plan,
+    x: np.ndarray,
+    record: bool = False,
+    kernels: str = "auto",
+    cost_model: CostModel = DEFAULT_COSTS,
+) -> tuple[_Buffers, tuple[str, ...], list[int]]:
+    """:func:`run_compiled`'s work without its result objects: the buffers (logits, decision
+    times, spike times when ``record``, counters), each layer's kernel and the counters summed
+    over the batch. The program and plan checked by the caller (a :class:`~powersave.session.
+    Session` does it once)."""
     n = x.shape[0]
     src = np.ascontiguousarray(x, dtype=np.float32).reshape(n, -1)
     popf, popd = prog.population_table(plan)
+    threads = numba.get_num_threads() if n >= PARALLEL_MIN_BATCH else 1
     b = _Buffers(
         logits=np.empty((n, prog.n_classes)),
         decided=np.full(n, float(len(prog.populations))),
-        rec=np.empty((n, prog.rec_size) if record_spikes else (1, 1), np.float32),
-        counts=np.zeros((n, prog.n_counts), np.int64),
+        rec=np.empty((n, prog.rec_size) if record else (1, 1), np.float32),
+        # A row per sample where threads share the batch (no lost updates), else one row.
+        counts=np.zeros((n if threads > 1 else 1, prog.n_counts), np.int64),
     )
-    threads = numba.get_num_threads() if n >= PARALLEL_MIN_BATCH else 1
     planned = not (kernels == EVENT or (kernels == "auto" and n < cost_model.min_batch))
     if planned:
         chosen = _layered(
-            graph, prog, plan, src, popf, popd, b, record_spikes, threads, kernels, cost_model
+            graph, prog, plan, src, popf, popd, b, record, threads, kernels, cost_model
         )
     else:
         chosen = (EVENT,) * len(prog.layers)
-        _steps(prog, plan, src, 0, len(prog.steps), popf, popd, b, record_spikes, threads)
-    totals = (b.counts[0] if n == 1 else b.counts.sum(axis=0)).tolist()
+        _steps(prog, plan, src, 0, len(prog.steps), popf, popd, b, record, threads)
+    totals = (b.counts[0] if b.counts.shape[0] == 1 else b.counts.sum(axis=0)).tolist()
     if planned:
         _remember_activity(prog, plan, n, totals)
-    return _result(graph, prog, plan, x, b, totals, chosen, record_spikes, baselines)
+    return b, chosen, totals
 
 
 #: Placeholders for the kernel's ``out`` (a run to the readout) and ``rec`` (not recording).

@@ -66,6 +66,27 @@ def cttz(typingctx: Any, x: Any) -> Any:
 
 
 @intrinsic
+def prefetch(typingctx: Any, arr: Any, index: Any) -> Any:
+    """Ask for the cache line of ``arr[index]`` into L2 (``llvm.prefetch``, ``prefetcht1``):
+    no load to wait for, nothing if the address is not mapped."""
+    sig = types.void(arr, types.int64)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        ptr = builder.gep(_data(context, builder, signature.args[0], args[0]), [args[1]])
+        byte = ir.IntType(8).as_pointer()
+        fn = cgutils.get_or_insert_function(
+            builder.module,
+            ir.FunctionType(ir.VoidType(), [byte, _I32, _I32, _I32]),
+            "llvm.prefetch.p0",
+        )
+        # read, locality 2 (L2 and beyond), data
+        builder.call(fn, [builder.bitcast(ptr, byte), *(ir.Constant(_I32, v) for v in (0, 2, 1))])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
 def panel_sum(
     typingctx: Any, panels: Any, idx: Any, val: Any, lo: Any, hi: Any, base: Any, z: Any, at: Any
 ) -> Any:
