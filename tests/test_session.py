@@ -47,6 +47,7 @@ def test_a_session_gives_run_s_answers_and_counts(mode: str, signed: bool) -> No
     assert stats.saturated == run.stats.saturated
     assert stats.readout_ops_saved == run.stats.readout_ops_saved
     assert stats.layer_dense_macs == run.stats.layer_dense_macs
+    assert len(stats.kernels) == len(stats.layers)  # the planner's choices, from x[15:50]
 
 
 def test_a_session_s_answers_are_the_caller_s_to_keep() -> None:
@@ -96,11 +97,12 @@ def test_a_session_refuses_bad_inputs_and_counts_nothing_for_them(n: int) -> Non
 def test_a_session_warns_of_saturated_inputs_like_run() -> None:
     net, x = network()
     session = net.session()
-    with pytest.warns(InputRangeWarning, match="clipped"):
-        session.predict(x[:2] * 255)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        session.predict(x[:2])
+    for n in (2, 40):  # the kernel's path and the planner's
+        with pytest.warns(InputRangeWarning, match="clipped"):
+            session.predict(x[:n] * 255)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            session.predict(x[:n])
 
 
 def test_a_session_without_the_compiled_engine_runs_numpy() -> None:

@@ -150,11 +150,11 @@ class Session:
             x = np.ascontiguousarray(self.network.check_inputs(x))  # a clear error, or a batch
         n = x.shape[0]
         if n >= self._min_batch:  # the planner's path (it refuses bad inputs too)
-            b, kernels, totals = compiled.run_batch(self.network.graph, self._prog, self.plan, x)
-            self._planned += totals
+            b, kernels, sums = compiled.run_batch(self.network.graph, self._prog, self.plan, x)
+            self._planned += sums
             self._planned_n += n
             self._kernels = self._kernels or kernels
-            warn_if_clipped(totals[self._saturated], n * self._inputs, self.network, 3)
+            warn_if_clipped(int(sums[self._saturated]), n * self._inputs, self.network, 3)
             # float32, as run_compiled's logits (predictions agree with Network.run's)
             return b.logits.astype(np.float32).astype(np.float64)
         logits, decided = self._one if n == 1 else (self._logits[:n], self._decided[:n])

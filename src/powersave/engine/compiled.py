@@ -334,8 +334,8 @@ def run_compiled(
         raise ValueError(f"kernels must be 'auto', 'event' or 'dense', got {kernels!r}")
     prog = program(graph, costs)
     check_plan(prog, plan)
-    b, chosen, totals = run_batch(graph, prog, plan, x, record_spikes, kernels, cost_model)
-    return _result(graph, prog, plan, x, b, totals, chosen, record_spikes, baselines)
+    b, chosen, sums = run_batch(graph, prog, plan, x, record_spikes, kernels, cost_model)
+    return _result(graph, prog, plan, x, b, sums.tolist(), chosen, record_spikes, baselines)
 
 
 def run_batch(
@@ -346,11 +346,11 @@ def run_batch(
     record: bool = False,
     kernels: str = "auto",
     cost_model: CostModel = DEFAULT_COSTS,
-) -> tuple[_Buffers, tuple[str, ...], list[int]]:
+) -> tuple[_Buffers, tuple[str, ...], np.ndarray]:
     """:func:`run_compiled`'s work without its result objects: the buffers (logits, decision
     times, spike times when ``record``, counters), each layer's kernel and the counters summed
-    over the batch. The program and plan checked by the caller (a :class:`~powersave.session.
-    Session` does it once)."""
+    over the batch (int64). The program and plan checked by the caller (a session does it
+    once, :class:`~powersave.session.Session`)."""
     n = x.shape[0]
     src = np.ascontiguousarray(x, dtype=np.float32).reshape(n, -1)
     popf, popd = prog.population_table(plan)
@@ -370,10 +370,10 @@ def run_batch(
     else:
         chosen = (EVENT,) * len(prog.layers)
         _steps(prog, plan, src, 0, len(prog.steps), popf, popd, b, record, threads)
-    totals = (b.counts[0] if b.counts.shape[0] == 1 else b.counts.sum(axis=0)).tolist()
+    sums = b.counts[0] if b.counts.shape[0] == 1 else b.counts.sum(axis=0)
     if planned:
-        _remember_activity(prog, plan, n, totals)
-    return b, chosen, totals
+        _remember_activity(prog, plan, n, sums.tolist())
+    return b, chosen, sums
 
 
 #: Placeholders for the kernel's ``out`` (a run to the readout) and ``rec`` (not recording).
