@@ -146,7 +146,7 @@ def _encode(z, size, p, popf, nxt, rec, s, rec_off, record, sign):  # type: igno
     return sent, saturated
 
 
-@_jit(inline="always")
+@_jit()
 def _gather(cur, size, scale, end, fanout, f_off, idx, val):  # type: ignore[no-untyped-def]
     """Fired inputs of a population: indices, decoded intensities; returns (count, operations).
 
