@@ -235,7 +235,8 @@ def test_the_early_decision_finds_numpy_s_arrival(seed: int) -> None:
     first spike, and a hidden layer in front (a later window), it stops at the numpy engine's
     arrival: the same decision times and operations, the same logits to rounding."""
     rng = np.random.default_rng(seed)
-    h, c = int(rng.integers(1, 400)), int(rng.integers(2, 13))
+    h = int(rng.integers(1, 400))
+    c = (2, 5, 8, 10, 13, 16, 17, 20)[seed]  # tables of 4 to 16 columns (simd's passes), and 20
     grid = int(rng.choice([3, 40, 10**6]))
     x = (np.round(rng.random((150, h)) * grid) / grid).astype(np.float32)
     x[rng.random(x.shape) < rng.random()] = 0.0  # silent inputs, a random share
