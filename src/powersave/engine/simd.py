@@ -54,6 +54,39 @@ def _index(builder: Any, ptr: Any, k: Any) -> Any:
     return builder.sext(i, _I64) if i.type.width < 64 else i
 
 
+def _loop(builder: Any, name: str, k0: Any, inits: list[Any], vec: Any) -> tuple[Any, ...]:
+    """A loop's head and body blocks (``name.head``, ``name.body``), the head holding a phi for
+    the counter (from ``k0``) and one per ``vec`` accumulator (from ``inits``), entered from the
+    current block; returns ``(k, accumulators, body)`` with the builder in the head, where the
+    caller branches to the body or out (and adds the phis' incoming values from the body)."""
+    entry = builder.block
+    head = builder.function.append_basic_block(f"{name}.head")
+    body = builder.function.append_basic_block(f"{name}.body")
+    builder.branch(head)
+    builder.position_at_end(head)
+    k = builder.phi(_I64)
+    k.add_incoming(k0, entry)
+    acc = []
+    for init in inits:
+        a = builder.phi(vec)
+        a.add_incoming(init, entry)
+        acc.append(a)
+    return k, acc, body
+
+
+def _merge(builder: Any, ty: Any, first: list[Any], from_first: Any, second: list[Any],
+           from_second: Any) -> list[Any]:  # fmt: skip
+    """A phi per pair of values: ``first[i]`` when coming from block ``from_first``,
+    ``second[i]`` from ``from_second`` (the phis at the top of the current block)."""
+    merged = []
+    for a, b in zip(first, second, strict=True):
+        phi = builder.phi(ty)
+        phi.add_incoming(a, from_first)
+        phi.add_incoming(b, from_second)
+        merged.append(phi)
+    return merged
+
+
 @intrinsic
 def cttz(typingctx: Any, x: Any) -> Any:
     """Trailing zeros of a non-zero ``uint64`` (undefined for 0)."""
@@ -125,24 +158,15 @@ def panel_sum(
         def splat(k: Any) -> Any:
             return _splat(builder, builder.load(builder.gep(v_ptr, [k], inbounds=True)), _VEC)
 
+        # Four at a time: acc += (v0 w0 + v1 w1) + (v2 w2 + v3 w3).
+        k, acc, body = _loop(builder, "panel.fours", lo, [zero] * n_vec, _VEC)
+        head = builder.block
         fn = builder.function
-        entry = builder.block
-        head = fn.append_basic_block("panel.fours")
-        body = fn.append_basic_block("panel.four")
         tail = fn.append_basic_block("panel.tail")
         two = fn.append_basic_block("panel.two")
         after_two = fn.append_basic_block("panel.after_two")
         one = fn.append_basic_block("panel.one")
         done = fn.append_basic_block("panel.done")
-        builder.branch(head)
-
-        # Four at a time: acc += (v0 w0 + v1 w1) + (v2 w2 + v3 w3).
-        builder.position_at_end(head)
-        k = builder.phi(_I64)
-        acc = [builder.phi(_VEC) for _ in range(n_vec)]
-        k.add_incoming(lo, entry)
-        for a in acc:
-            a.add_incoming(zero, entry)
         builder.cbranch(builder.icmp_signed("<=", builder.add(k, const(4)), hi), body, tail)
         builder.position_at_end(body)
         ks = [builder.add(k, const(d)) for d in range(4)]
@@ -171,15 +195,8 @@ def panel_sum(
         k_two = builder.add(k, const(2))
         builder.branch(after_two)
         builder.position_at_end(after_two)
-        k_left = builder.phi(_I64)
-        k_left.add_incoming(k, tail)
-        k_left.add_incoming(k_two, two)
-        acc_left = []
-        for q in range(n_vec):
-            a = builder.phi(_VEC)
-            a.add_incoming(acc[q], tail)
-            a.add_incoming(acc_two[q], two)
-            acc_left.append(a)
+        (k_left,) = _merge(builder, _I64, [k], tail, [k_two], two)
+        acc_left = _merge(builder, _VEC, acc, tail, acc_two, two)
 
         # Then one: acc += v w.
         builder.cbranch(builder.icmp_signed("<", k_left, hi), one, done)
@@ -189,13 +206,7 @@ def panel_sum(
         builder.branch(done)
 
         builder.position_at_end(done)
-        final = []
-        for q in range(n_vec):
-            a = builder.phi(_VEC)
-            a.add_incoming(acc_left[q], after_two)
-            a.add_incoming(acc_one[q], one)
-            final.append(a)
-        for q, a in enumerate(final):
+        for q, a in enumerate(_merge(builder, _VEC, acc_left, after_two, acc_one, one)):
             builder.store(
                 a, _vector_at(builder, z_ptr, builder.add(at, const(q * _LANES)), _VEC), align=4
             )
@@ -242,18 +253,9 @@ def _rows_pass(n_vec: int, bound: bool) -> Any:
 
             start = [builder.load(quarter(o_ptr, q), align=8) for q in range(n_vec)]
             half = ir.Constant(_VEC64, [0.5] * 4)
-            fn = builder.function
-            entry = builder.block
-            head = fn.append_basic_block("rows.head")
-            body = fn.append_basic_block("rows.body")
-            done = fn.append_basic_block("rows.done")
-            builder.branch(head)
-            builder.position_at_end(head)
-            k = builder.phi(_I64)
-            acc = [builder.phi(_VEC64) for _ in range(n_vec)]
-            k.add_incoming(ir.Constant(_I64, 0), entry)
-            for a, s in zip(acc, start, strict=True):
-                a.add_incoming(s, entry)
+            k, acc, body = _loop(builder, "rows", ir.Constant(_I64, 0), start, _VEC64)
+            head = builder.block
+            done = builder.function.append_basic_block("rows.done")
             builder.cbranch(builder.icmp_signed("<", k, nf), body, done)
             builder.position_at_end(body)
             base = builder.mul(builder.add(first, _index(builder, i_ptr, k)), width)
