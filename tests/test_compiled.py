@@ -352,10 +352,19 @@ def test_the_batch_event_kernel_of_a_dense_layer_is_the_interpreter_s_scatter(n_
         np.testing.assert_array_equal(z[s], one)
     np.testing.assert_allclose(z, a @ w.T, rtol=1e-5, atol=1e-5)
     assert not z[1].any()
+    if n_in == 37:  # the intrinsic types its arrays: float64 panels are refused, not misread
+        with pytest.raises(numba.core.errors.TypingError):
+            k.scatter_batch(
+                a, row, compiled.panel_layout(wt).astype(np.float64), z, idx, val,
+                np.empty(8, np.int64),
+            )  # fmt: skip
 
 
-def test_the_batched_event_product_gives_the_same_numbers_on_any_number_of_threads() -> None:
-    """compiled._scatter_product splits the batch over threads: the same float32 numbers."""
+def test_the_batched_event_product_gives_the_same_numbers_on_any_number_of_threads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """compiled._scatter_product splits the batch over threads, and each thread's block into
+    chunks of SCATTER_CHUNK samples: the same float32 numbers."""
     rng = np.random.default_rng(4)
     a = rng.random((37, 30)).astype(np.float32)
     a[a < 0.7] = 0.0
@@ -365,6 +374,9 @@ def test_the_batched_event_product_gives_the_same_numbers_on_any_number_of_threa
     panels = compiled.panel_layout(w)
     one = compiled._scatter_product(a, row, panels, 1)
     np.testing.assert_array_equal(compiled._scatter_product(a, row, panels, 3), one)
+    monkeypatch.setattr(compiled, "SCATTER_CHUNK", 5)  # 37 samples: chunks of 5 and a rest
+    np.testing.assert_array_equal(compiled._scatter_product(a, row, panels, 1), one)
+    np.testing.assert_array_equal(compiled._scatter_product(a, row, panels, 2), one)
     np.testing.assert_allclose(one, a @ w, rtol=1e-5, atol=1e-5)
 
 
@@ -377,3 +389,18 @@ def test_the_planner_s_panel_is_the_kernel_s() -> None:
     assert model.panel == PANEL
     assert model.choose("dense", 256, 10, 2560, 0.7, batch=256) == DENSE
     assert model.choose("dense", 256, 256, 256 * 256, 0.2, batch=256) == EVENT
+
+
+def test_the_kernels_carry_the_hash_of_their_intrinsics() -> None:
+    """simd.py's intrinsics are compiled into kernels.py's cache entries, and numba checks only
+    kernels.py's stamp: kernels.SIMD_SHA256 must be simd.py's hash, so that an edit of simd.py
+    also edits kernels.py (and the stale kernels are rebuilt)."""
+    import hashlib
+
+    from powersave.engine import kernels, simd
+
+    digest = hashlib.sha256(Path(simd.__file__).read_bytes()).hexdigest()
+    assert kernels.SIMD_SHA256 == digest, (
+        f"simd.py changed: set kernels.SIMD_SHA256 = {digest!r} (numba's cache of kernels.py "
+        "would keep the old intrinsics)"
+    )

@@ -13,7 +13,8 @@ kernel, while the counts add up in :attr:`Session.stats`::
 
 Answers and counts are those of ``network.run(x, mode, engine="compiled")`` (the same kernels).
 Batches of :data:`~powersave.engine.planner.CostModel.min_batch` samples or more go through
-:func:`~powersave.engine.compiled.run_compiled` and its planner. Without numba a session runs the
+the planner (:func:`~powersave.engine.compiled.run_batch`: :func:`run_compiled`'s work without
+its result objects). Without numba a session runs the
 numpy engine through :meth:`Network.run`.
 """
 

@@ -50,6 +50,9 @@ _SYNAPTIC = (k.K_DENSE, k.K_CONV, k.K_AVGPOOL)
 #: Smallest batch split over threads: below it, handing blocks to threads costs more than it saves.
 PARALLEL_MIN_BATCH = 8
 
+#: Samples per call of the batched Dense event kernel (its scratch: 8 bytes per input each).
+SCATTER_CHUNK = 256
+
 
 @dataclass(frozen=True)
 class Program:
@@ -641,10 +644,15 @@ def _scatter_product(
     z = np.empty((n, int(row[k.OUT_SIZE])), np.float32)
 
     def block(lo: int, hi: int) -> None:
-        idx = np.empty((hi - lo) * n_in, np.int32)
-        val = np.empty((hi - lo) * n_in, np.float32)
-        starts = np.empty(hi - lo + 1, np.int64)
-        k.scatter_batch(a[lo:hi], row, panels, z[lo:hi], idx, val, starts)
+        # The fired inputs' lists of SCATTER_CHUNK samples at a time: scratch bounded by the
+        # chunk, not the batch (a panel's reuse needs a few hundred samples, not more).
+        size = min(hi - lo, SCATTER_CHUNK)
+        idx = np.empty(size * n_in, np.int32)
+        val = np.empty(size * n_in, np.float32)
+        starts = np.empty(size + 1, np.int64)
+        for start in range(lo, hi, size):
+            stop = min(start + size, hi)
+            k.scatter_batch(a[start:stop], row, panels, z[start:stop], idx, val, starts)
 
     k.in_blocks(block, n, threads)
     return z

@@ -55,6 +55,11 @@ from powersave.engine.simd import (
 
 T = TypeVar("T")
 
+#: SHA-256 of ``simd.py``, whose intrinsics are compiled into these kernels' cache entries. Numba
+#: checks only this file's stamp when it loads its cache: an edit of ``simd.py`` must update
+#: this line (``tests/test_compiled.py`` checks it), and so invalidates the cached kernels.
+SIMD_SHA256 = "6ae3ba0c7742cb1582930132f0a36ff55f77530cd21a605f88cc115257945c8b"
+
 # -- the step table ------------------------------------------------------------------------------
 
 # Columns of a step row.

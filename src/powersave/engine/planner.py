@@ -46,9 +46,6 @@ class CostModel:
 
     Attributes:
         op: event kernel, per synaptic operation, by layer kind.
-        op_narrow: a batched Dense layer's event kernel, per synaptic operation on the outputs
-            outside its panels of ``panel`` columns.
-        panel: output columns per panel (``simd.PANEL``).
         mac: dense kernel, per multiply-accumulate at large batch, by layer kind.
         scan: event kernel, per input neuron (finding the ones that fired, decoding them).
         out: event kernel, per output neuron (bias, encoding).
@@ -56,13 +53,14 @@ class CostModel:
         elem: dense path, per input and output neuron (decoding or encoding, counting).
         call: dense path, fixed overhead of one layer call (spread over the batch).
         min_batch: below this batch size every layer runs event-driven, in one fused call.
+        op_narrow: a batched Dense layer's event kernel, per synaptic operation on the outputs
+            outside its panels of ``panel`` columns.
+        panel: output columns per panel (``simd.PANEL``).
     """
 
     op: dict[str, float] = field(
         default_factory=lambda: {"dense": 0.075, "conv": 0.3, "avgpool": 1.0}
     )
-    op_narrow: float = 0.6
-    panel: int = 16
     mac: dict[str, float] = field(
         default_factory=lambda: {"dense": 0.03, "conv": 0.6, "avgpool": 1.0}
     )
@@ -72,6 +70,8 @@ class CostModel:
     elem: float = 0.5
     call: float = 20_000.0
     min_batch: int = 32
+    op_narrow: float = 0.6  # (after the older fields: positional construction unchanged)
+    panel: int = 16
 
     def event_ns(self, kind: str, n_in: int, n_out: int, macs: int, active: float) -> float:
         """Estimated time of the event kernel for one sample of a large batch."""

@@ -1,17 +1,28 @@
-"""Two LLVM intrinsics for the batched Dense scatter: what numba's loops cannot express.
+"""LLVM intrinsics for the compiled kernels: what numba's loops cannot express.
+
+Numba's loops keep running sums in memory (its arrays may alias, so LLVM reloads them after
+every store) and numba cannot hold a vector in a variable; these intrinsics, built with
+llvmlite's IR builder, keep them in vector registers.
 
 - :func:`cttz`: the index of the lowest set bit (``llvm.cttz``, one ``tzcnt``), to walk the
   fired inputs of a 64-input bit mask without a branch per input.
+- :func:`prefetch`: a cache line asked for in L2 (``llvm.prefetch``).
 - :func:`panel_sum`: the products of a sample's fired inputs with one *panel* of a Dense layer's
   weights (``PANEL`` consecutive output columns of ``W^T``, stored ``(in, PANEL)`` contiguous)
-  summed in two 8-float vector registers, then stored once. Numba's own code for the same sum
-  keeps the accumulators in memory (its arrays may alias, so LLVM reloads them after every
-  store) and cannot hold a vector in a variable.
+  summed in two 8-float vector registers, then stored once. The arithmetic is float32
+  ``fmul``/``fadd`` without contraction, in the order of ``kernels._scatter``: the fired
+  inputs four at a time, ``z += (v0 w0 + v1 w1) + (v2 w2 + v3 w3)``, then two, then one, from
+  ``z = 0``: a panel's sums are bit for bit the interpreter's.
+- ``pot_rows1..4`` and ``bound_rows1..4``: the early decision's two passes over its arrivals
+  (:func:`_rows_pass`), float64 rows of 4 to 16 columns summed in vector registers, the
+  numbers of the numba loops they replace.
 
-Both are inlined into the calling numba kernel, so they are cached with it. The arithmetic is
-float32 ``fmul``/``fadd`` without contraction, in the order of ``kernels._scatter``: the fired
-inputs four at a time, ``z += (v0 w0 + v1 w1) + (v2 w2 + v3 w3)``, then two, then one, from
-``z = 0``: a panel's sums are bit for bit the interpreter's.
+They are inlined into the calling numba kernels and compiled into their cache entries. Numba
+checks only the calling file's stamp when it loads a cache, so ``kernels`` carries this file's
+SHA-256 (:data:`powersave.engine.kernels.SIMD_SHA256`, checked by a test): an edit here must
+update it, which changes ``kernels.py`` and so invalidates the cached kernels. The typers
+accept only the dtypes, dimensions and C layouts the kernels pass (anything else is a numba
+typing error, not wrong numbers).
 """
 
 from __future__ import annotations
@@ -87,6 +98,16 @@ def _merge(builder: Any, ty: Any, first: list[Any], from_first: Any, second: lis
     return merged
 
 
+def _is_array(ty: Any, dtype: Any, ndim: int = 1) -> bool:
+    """Whether numba type ``ty`` is a C-contiguous array of ``ndim`` dimensions of ``dtype``
+    (a numba type, or ``"signed"`` for any signed integer)."""
+    if not (isinstance(ty, types.Array) and ty.ndim == ndim and ty.layout == "C"):
+        return False
+    if dtype == "signed":
+        return isinstance(ty.dtype, types.Integer) and bool(getattr(ty.dtype, "signed", False))
+    return bool(ty.dtype == dtype)
+
+
 @intrinsic
 def cttz(typingctx: Any, x: Any) -> Any:
     """Trailing zeros of a non-zero ``uint64`` (undefined for 0)."""
@@ -102,6 +123,8 @@ def cttz(typingctx: Any, x: Any) -> Any:
 def prefetch(typingctx: Any, arr: Any, index: Any) -> Any:
     """Ask for the cache line of ``arr[index]`` into L2 (``llvm.prefetch``, ``prefetcht1``):
     no load to wait for, nothing if the address is not mapped."""
+    if not isinstance(arr, types.Array):
+        return None
     sig = types.void(arr, types.int64)
 
     def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
@@ -129,6 +152,11 @@ def panel_sum(
     ``panels`` float32 and ``z`` float32 C-contiguous (1-D), ``idx`` integer and ``val``
     float32 (1-D); ``lo``, ``hi``, ``base``, ``at`` int64. Summed as :mod:`simd` says.
     """
+    f32 = types.float32
+    if not (
+        _is_array(panels, f32) and _is_array(idx, "signed") and _is_array(val, f32)
+    ) or not _is_array(z, f32):
+        return None
     sig = types.void(panels, idx, val, types.int64, types.int64, types.int64, z, types.int64)
 
     def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
@@ -234,6 +262,14 @@ def _rows_pass(n_vec: int, bound: bool) -> Any:
 
     def typer(typingctx: Any, table: Any, first: Any, idx: Any, val: Any, nf: Any, extra: Any,
               out: Any) -> Any:  # fmt: skip
+        f64 = types.float64
+        if not (
+            _is_array(table, f64, 2)
+            and _is_array(idx, "signed")
+            and (_is_array(val, types.float32) or _is_array(val, f64))
+            and _is_array(out, f64)
+        ):
+            return None
         sig = types.void(table, types.int64, idx, val, types.int64, types.int64, out)
 
         def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
