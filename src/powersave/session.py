@@ -64,12 +64,10 @@ class Session:
         self._features = int(np.prod(self._shape))
         self._classes = prog.n_classes
         self._saturated = len(prog.layers) + len(prog.populations)  # the inputs' column
-        self._counts = np.zeros((1, prog.n_counts), np.int64)  # the kernel adds every sample
+        # Every compiled call's counters, summed (the kernel adds small batches' samples itself,
+        # large batches add their sums), and each layer's kernel on the first large batch.
+        self._counts = np.zeros((1, prog.n_counts), np.int64)
         self._n = 0
-        # Large batches (the planner's path): their counters summed, and each layer's kernel
-        # on the first of them.
-        self._planned = np.zeros(prog.n_counts, np.int64)
-        self._planned_n = 0
         self._kernels: tuple[str, ...] = ()
         self._min_batch = compiled.DEFAULT_COSTS.min_batch
         self._decided = np.empty(self._min_batch)  # decision times: not kept by a session
@@ -110,17 +108,13 @@ class Session:
         :meth:`Network.run` for comparisons."""
         parts = [] if self._batches is None else [self._batches]
         compiled = self._compiled
-        if compiled is not None:
-            for n, counts, kernels in (
-                (self._planned_n, self._planned, self._kernels),
-                (self._n, self._counts[0], (compiled.EVENT,) * len(self._prog.layers)),
-            ):
-                if n:
-                    parts.append(
-                        compiled.stats_from_counts(
-                            self._prog, self.plan, n, counts.tolist(), kernels
-                        )
-                    )
+        if compiled is not None and self._n:
+            kernels = self._kernels or (compiled.EVENT,) * len(self._prog.layers)
+            parts.append(
+                compiled.stats_from_counts(
+                    self._prog, self.plan, self._n, self._counts[0].tolist(), kernels
+                )
+            )
         return RunStats.merge(parts) if parts else None
 
     def reset(self) -> None:
@@ -129,8 +123,6 @@ class Session:
         if self._compiled is not None:
             self._counts[:] = 0
             self._n = 0
-            self._planned[:] = 0
-            self._planned_n = 0
             self._kernels = ()
 
     # -- the run ----------------------------------------------------------------------------------
@@ -152,8 +144,8 @@ class Session:
         n = x.shape[0]
         if n >= self._min_batch:  # the planner's path (it refuses bad inputs too)
             b, kernels, sums = compiled.run_batch(self.network.graph, self._prog, self.plan, x)
-            self._planned += sums
-            self._planned_n += n
+            self._counts[0] += sums
+            self._n += n
             self._kernels = self._kernels or kernels
             warn_if_clipped(int(sums[self._saturated]), n * self._inputs, self.network, 3)
             # float32, as run_compiled's logits (predictions agree with Network.run's)

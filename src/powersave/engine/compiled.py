@@ -158,16 +158,17 @@ def panel_layout(wt: np.ndarray) -> np.ndarray:
     parts.append(wt[:, full:].reshape(-1))
     # At a 64-byte boundary, so that a panel's row is one cache line: numpy's 16-byte
     # alignment splits every row over two lines (the bench MLP's first layer 1.2x slower).
-    return _aligned(np.concatenate(parts))
-
-
-def _aligned(a: np.ndarray) -> np.ndarray:
-    """A C-contiguous copy of ``a`` whose data starts at a 64-byte boundary (a cache line)."""
-    buf = np.empty(a.size * a.itemsize + 64, np.uint8)
-    start = -buf.ctypes.data % 64
-    out = buf[start : start + a.size * a.itemsize].view(a.dtype).reshape(a.shape)
-    out[...] = a
+    out = _aligned_empty(wt.shape[0] * wt.shape[1], np.float32)
+    np.concatenate(parts, out=out)
     return out
+
+
+def _aligned_empty(shape: int | tuple[int, ...], dtype: type) -> np.ndarray:
+    """An uninitialised C-contiguous array whose data starts at a 64-byte boundary."""
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    buf = np.empty(size + 64, np.uint8)
+    start = -buf.ctypes.data % 64
+    return buf[start : start + size].view(dtype).reshape(shape)
 
 
 _PROGRAMS: dict[int, tuple[weakref.ref[Graph], Program]] = {}
@@ -239,7 +240,9 @@ def _build(graph: Graph, costs: tuple[SynapticCost, ...]) -> Program:
                 # remainder loop or a float32 → float64 conversion.
                 c = w64.shape[1]
                 padded = -(-c // 4) * 4
-                readout_table = np.zeros((c + 1 + w64.shape[0], padded))
+                # At a cache line: its rows in whole vectors (simd's passes).
+                readout_table = _aligned_empty((c + 1 + w64.shape[0], padded), np.float64)
+                readout_table[...] = 0.0
                 readout_table[: c + 1, :c] = head
                 readout_table[c + 1 :, :c] = w64
         elif isinstance(node, Conv):
@@ -275,7 +278,7 @@ def _build(graph: Graph, costs: tuple[SynapticCost, ...]) -> Program:
         steps=table,
         weights=np.concatenate(weights).astype(np.float32) if weights else np.zeros(1, "f4"),
         fanout=np.concatenate(fanouts),
-        readout_table=_aligned(readout_table),  # its rows in whole vectors (simd's passes)
+        readout_table=readout_table,
         rec_offsets=offsets,
         rec_size=int(sum(sizes)),
         max_size=max_size,
