@@ -404,3 +404,53 @@ def test_the_kernels_carry_the_hash_of_their_intrinsics() -> None:
         f"simd.py changed: set kernels.SIMD_SHA256 = {digest!r} (numba's cache of kernels.py "
         "would keep the old intrinsics)"
     )
+
+
+@pytest.mark.parametrize("avx2", [True, False])
+@pytest.mark.parametrize("positions", [np.int32, np.int64])
+def test_eight_inputs_at_a_time_are_packed_in_order(
+    avx2: bool, positions: type, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """simd.pack_nonzero and simd.pack_fired, with AVX2's vpermps or a lane at a time (as on a
+    CPU without): for every one of the 256 patterns of eight inputs, the positions and values
+    of those kept (not 0, NaN included; fired, ``t < inf``, NaN not), in order."""
+    from powersave.engine import simd
+
+    if avx2 and not simd.AVX2:
+        pytest.skip("this CPU has no AVX2")
+    monkeypatch.setattr(simd, "AVX2", avx2)  # read when the kernels below are compiled
+
+    @numba.njit(cache=False)
+    def nonzero(x, idx, val):  # type: ignore[no-untyped-def]
+        nf = 0
+        for base in range(0, x.size, 8):
+            nf = simd.pack_nonzero(x, base, idx, val, nf)
+        return nf
+
+    @numba.njit(cache=False)
+    def fired(t, scale, end, idx, val):  # type: ignore[no-untyped-def]
+        nf = 0
+        for base in range(0, t.size, 8):
+            nf = simd.pack_fired(t, base, scale, end, idx, val, nf)
+        return nf
+
+    rng = np.random.default_rng(5)
+    bits = (np.arange(256)[:, None] >> np.arange(8)) & 1 == 1  # group m keeps m's bits
+    x = np.where(bits, rng.uniform(-2, 2, bits.shape), 0.0).astype(np.float32).ravel()
+    x[np.flatnonzero(x)[::50]] = np.nan  # NaN is not 0
+    x[np.flatnonzero(x == 0)[::7]] = -0.0  # -0 is
+    idx, val = np.full(x.size, -1, positions), np.full(x.size, np.nan, np.float32)
+    nf = nonzero(x, idx, val)
+    kept = np.flatnonzero(x != 0)
+    assert nf == kept.size
+    np.testing.assert_array_equal(idx[:nf], kept)
+    np.testing.assert_array_equal(val[:nf], x[kept])
+
+    scale, end = np.float32(1.7), np.float32(2.0)
+    t = np.where(bits, rng.uniform(1.0, 2.0, bits.shape), np.inf).astype(np.float32).ravel()
+    t[np.flatnonzero(np.isinf(t))[::9]] = np.nan  # never fired
+    nf = fired(t, scale, end, idx, val)
+    kept = np.flatnonzero(t < np.inf)
+    assert nf == kept.size
+    np.testing.assert_array_equal(idx[:nf], kept)
+    np.testing.assert_array_equal(val[:nf], scale * (end - t[kept]))  # float32, as decode

@@ -4,8 +4,9 @@ Numba's loops keep running sums in memory (its arrays may alias, so LLVM reloads
 every store) and numba cannot hold a vector in a variable; these intrinsics, built with
 llvmlite's IR builder, keep them in vector registers.
 
-- :func:`cttz`: the index of the lowest set bit (``llvm.cttz``, one ``tzcnt``), to walk the
-  fired inputs of a 64-input bit mask without a branch per input.
+- :func:`pack_nonzero`, :func:`pack_fired`: eight inputs at a time, those that are not 0 (or
+  that fired) appended to a list of positions and values, with AVX2 by one ``vpermps`` and
+  two stores, no branch and no store per input (one lane at a time on other CPUs).
 - :func:`prefetch`: a cache line asked for in L2 (``llvm.prefetch``).
 - :func:`panel_sum`: the products of a sample's fired inputs with one *panel* of a Dense layer's
   weights (``PANEL`` consecutive output columns of ``W^T``, stored ``(in, PANEL)`` contiguous)
@@ -38,7 +39,7 @@ from numba.extending import intrinsic
 PANEL = 16
 _LANES = 8
 
-_I1, _I32, _I64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
+_I32, _I64 = ir.IntType(32), ir.IntType(64)
 _VEC = ir.VectorType(ir.FloatType(), _LANES)
 
 
@@ -106,17 +107,6 @@ def _is_array(ty: Any, dtype: Any, ndim: int = 1) -> bool:
     if dtype == "signed":
         return isinstance(ty.dtype, types.Integer) and bool(getattr(ty.dtype, "signed", False))
     return bool(ty.dtype == dtype)
-
-
-@intrinsic
-def cttz(typingctx: Any, x: Any) -> Any:
-    """Trailing zeros of a non-zero ``uint64`` (undefined for 0)."""
-    sig = types.uint64(types.uint64)
-
-    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        return builder.cttz(args[0], ir.Constant(_I1, 1))
-
-    return sig, codegen
 
 
 @intrinsic
@@ -329,3 +319,133 @@ def _rows_pass(n_vec: int, bound: bool) -> Any:
 #: :func:`_rows_pass`.
 pot_rows1, pot_rows2, pot_rows3, pot_rows4 = (_rows_pass(n, False) for n in range(1, 5))
 bound_rows1, bound_rows2, bound_rows3, bound_rows4 = (_rows_pass(n, True) for n in range(1, 5))
+
+
+def _has_avx2() -> bool:
+    """Whether numba compiles for a CPU with AVX2: the host's features, unless
+    ``NUMBA_CPU_FEATURES`` names others, or ``NUMBA_CPU_NAME`` a CPU without them given."""
+    from llvmlite import binding
+    from numba.core import config
+
+    named, cpu = getattr(config, "CPU_FEATURES", None), getattr(config, "CPU_NAME", None)
+    if named is not None:
+        features = str(named)
+    elif cpu is not None:
+        return False
+    else:
+        features = binding.get_host_cpu_features().flatten()
+    return "+avx2" in features.split(",")
+
+
+#: Whether :func:`pack_nonzero` and :func:`pack_fired` pack with AVX2's ``vpermps`` (else one
+#: lane at a time). Read when a kernel is compiled; numba's cache is kept per CPU.
+AVX2 = _has_avx2()
+
+#: For each 8-bit mask, the lanes of its set bits in order, then zeros: the ``vpermps``
+#: indices that pack those lanes to the front.
+_PACK_LANES = [
+    [j for j in range(8) if m >> j & 1] + [0] * (8 - bin(m).count("1")) for m in range(256)
+]
+_LANES_I32 = ir.VectorType(_I32, _LANES)
+
+
+def _pack(builder: Any, keep: Any, values: Any, base: Any, i_ty: Any, i_ptr: Any, v_ptr: Any,
+          nf: Any) -> Any:  # fmt: skip
+    """Append the lanes of ``values`` (8 float32) where ``keep`` (8 bits) is set to ``v_ptr``
+    and their positions ``base + lane`` (``i_ty``'s integers) to ``i_ptr``, in lane order,
+    from entry ``nf`` on; returns ``nf`` plus their number.
+
+    With AVX2 the kept lanes are moved to the front by one ``vpermps`` (its indices from a
+    table of the 256 masks) and all eight lanes stored: no branch and no store per lane, but
+    the arrays must hold ``nf + 8`` entries. Without, the lanes are stored one by one, each
+    advancing ``nf`` by its bit (branch-free too)."""
+    int_ty = ir.IntType(i_ty.dtype.bitwidth)
+
+    def position(offset: Any) -> Any:
+        return builder.trunc(offset, int_ty) if int_ty.width < 64 else offset
+
+    if not AVX2:
+        for j in range(_LANES):
+            lane = ir.Constant(_I32, j)
+            builder.store(builder.extract_element(values, lane), builder.gep(v_ptr, [nf]))
+            builder.store(
+                position(builder.add(base, ir.Constant(_I64, j))), builder.gep(i_ptr, [nf])
+            )
+            nf = builder.add(nf, builder.zext(builder.extract_element(keep, lane), _I64))
+        return nf
+    bits = builder.zext(builder.bitcast(keep, ir.IntType(_LANES)), _I32)
+    table_ty = ir.ArrayType(_LANES_I32, 256)
+    table = builder.module.globals.get("powersave.pack_lanes")
+    if table is None:
+        table = ir.GlobalVariable(builder.module, table_ty, "powersave.pack_lanes")
+        table.initializer = ir.Constant(table_ty, [ir.Constant(_LANES_I32, r) for r in _PACK_LANES])
+        table.global_constant = True
+        table.linkage = "internal"
+    lanes = builder.load(builder.gep(table, [ir.Constant(_I32, 0), bits], inbounds=True))
+    permps = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(_VEC, [_VEC, _LANES_I32]), "llvm.x86.avx2.permps"
+    )
+    builder.store(
+        builder.call(permps, [values, lanes]), _vector_at(builder, v_ptr, nf, _VEC), align=4
+    )
+    int_vec = ir.VectorType(int_ty, _LANES)
+    offsets = lanes if int_ty.width == 32 else builder.sext(lanes, int_vec)
+    positions = builder.add(offsets, _splat(builder, position(base), int_vec))
+    builder.store(positions, _vector_at(builder, i_ptr, nf, int_vec), align=4)
+    ctpop = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(_I32, [_I32]), "llvm.ctpop.i32"
+    )
+    return builder.add(nf, builder.zext(builder.call(ctpop, [bits]), _I64))
+
+
+@intrinsic
+def pack_nonzero(typingctx: Any, x: Any, base: Any, idx: Any, val: Any, nf: Any) -> Any:
+    """Append the entries of ``x[base : base + 8]`` that are not 0 to ``idx`` (positions) and
+    ``val`` (values) from entry ``nf`` on; returns the new count (:func:`_pack`: ``idx`` and
+    ``val`` hold ``nf + 8`` entries or more). ``x`` and ``val`` float32, ``idx`` integer
+    (1-D); ``x != 0`` as numba's (NaN is not 0)."""
+    f32 = types.float32
+    if not (_is_array(x, f32) and _is_array(idx, "signed") and _is_array(val, f32)):
+        return None
+    sig = types.int64(x, types.int64, idx, val, types.int64)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        x_ty, _, i_ty, v_ty, _ = signature.args
+        x_arr, base, i_arr, v_arr, nf = args
+        x_ptr = _data(context, builder, x_ty, x_arr)
+        i_ptr = _data(context, builder, i_ty, i_arr)
+        v_ptr = _data(context, builder, v_ty, v_arr)
+        values = builder.load(_vector_at(builder, x_ptr, base, _VEC), align=4)
+        keep = builder.fcmp_unordered("!=", values, ir.Constant(_VEC, [0.0] * _LANES))
+        return _pack(builder, keep, values, base, i_ty, i_ptr, v_ptr, nf)
+
+    return sig, codegen
+
+
+@intrinsic
+def pack_fired(typingctx: Any, cur: Any, base: Any, scale: Any, end: Any, idx: Any, val: Any,
+               nf: Any) -> Any:  # fmt: skip
+    """Append the inputs of ``cur[base : base + 8]`` (float32 spike times) that fired (``t <
+    inf``) to ``idx`` (positions) and ``val`` (their intensities ``scale * (end - t)`` in
+    float32, ``coding.decode``'s) from entry ``nf`` on; returns the new count (:func:`_pack`:
+    ``idx`` and ``val`` hold ``nf + 8`` entries or more)."""
+    f32 = types.float32
+    if not (_is_array(cur, f32) and _is_array(idx, "signed") and _is_array(val, f32)):
+        return None
+    if scale != f32 or end != f32:
+        return None
+    sig = types.int64(cur, types.int64, f32, f32, idx, val, types.int64)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        c_ty, _, _, _, i_ty, v_ty, _ = signature.args
+        c_arr, base, scale, end, i_arr, v_arr, nf = args
+        c_ptr = _data(context, builder, c_ty, c_arr)
+        i_ptr = _data(context, builder, i_ty, i_arr)
+        v_ptr = _data(context, builder, v_ty, v_arr)
+        t = builder.load(_vector_at(builder, c_ptr, base, _VEC), align=4)
+        keep = builder.fcmp_ordered("<", t, ir.Constant(_VEC, [float("inf")] * _LANES))
+        late = builder.fsub(_splat(builder, end, _VEC), t)
+        values = builder.fmul(_splat(builder, scale, _VEC), late)
+        return _pack(builder, keep, values, base, i_ty, i_ptr, v_ptr, nf)
+
+    return sig, codegen
