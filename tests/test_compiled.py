@@ -292,6 +292,51 @@ def test_one_row_of_counters_is_never_shared_between_threads() -> None:
     np.testing.assert_array_equal(totals[0], totals[1])
 
 
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("record", [False, True])
+def test_the_raw_inputs_pass_is_step_0_then_decoding_bit_for_bit(
+    signed: bool, record: bool
+) -> None:
+    """kernels.input_batch (eight inputs at a time in simd.encode_inputs, the rest of the 36 in
+    numba) gives the intensities of the interpreter's step 0 (encoding, cut-off) then
+    kernels.decode_batch, bit for bit, with the same counts and recorded spike times; inputs
+    above the scale saturate, silent samples stay silent."""
+    g, x = tiny_mlp(6, signed=signed)
+    x[0] = 0.0
+    prog = program(g)
+    popf, popd = prog.population_table(Plan(cutoffs=(0.6, 0.8)))
+    x[1, 0, 0, :] = 3.0  # above the input scale
+    x[1, 0, 1, :] = popf[0, k.P_SAT]  # at the saturation threshold: not above it
+    x[1, 0, 2, :] = popf[0, k.P_END] - popf[0, k.P_CUT]  # fires at the cut-off: kept
+    if signed:
+        x[2, 0, 1, :] = -3.0  # the OFF channels saturate
+    x = x.reshape(len(x), -1).astype(np.float32)
+    n_layers, n_pops, n = len(prog.layers), len(prog.populations), len(x)
+    width = int(prog.steps[0, k.OUT_SIZE])
+    rec_width = int(prog.rec_offsets[-1] + prog.neurons[-1]) if record else 1
+    counts, rec = (
+        np.zeros((n, prog.n_counts), np.int64),
+        np.full((n, rec_width), np.nan, np.float32),
+    )
+    a = np.full((n, width), np.nan, np.float32)
+    above = (x > popf[0, k.P_SAT]).sum() + signed * (-x > popf[0, k.P_SAT]).sum()
+    assert k.input_batch(x, prog.steps[0], popf, prog.fanout, a, rec, record, counts, n_layers,
+                         n_pops) == (0, above)  # fmt: skip
+    counts_ref, rec_ref = np.zeros_like(counts), np.full_like(rec, np.nan)
+    times = np.empty((n, width), np.float32)
+    k.run_steps(
+        x, 0, 1, prog.steps, prog.weights, prog.fanout, popf, popd, prog.rec_offsets,
+        prog.readout_table, False, 0.0, prog.max_size, times, np.empty((n, 4)), np.empty(n),
+        rec_ref, record, counts_ref, n_layers, n_pops,
+    )  # fmt: skip
+    a_ref = np.empty_like(a)
+    k.decode_batch(times, prog.steps[prog.synaptic_steps[0]], popf, prog.fanout, a_ref, counts_ref)
+    np.testing.assert_array_equal(a.view(np.int32), a_ref.view(np.int32))
+    np.testing.assert_array_equal(counts, counts_ref)
+    np.testing.assert_array_equal(rec, rec_ref)
+    assert not a[0].any() and a[1].any() and counts[:, n_layers + n_pops].sum() > 0
+
+
 @pytest.mark.parametrize("kernels", ["event", "dense"])
 def test_raw_inputs_are_checked_whichever_kernel_reads_them_first(kernels: str) -> None:
     """A first layer on the dense kernel reads the raw inputs itself (kernels.input_batch):

@@ -44,6 +44,7 @@ from powersave.engine.simd import (
     bound_rows2,
     bound_rows3,
     bound_rows4,
+    encode_inputs,
     pack_fired,
     pack_nonzero,
     panel_sum,
@@ -59,7 +60,7 @@ T = TypeVar("T")
 #: SHA-256 of ``simd.py``, whose intrinsics are compiled into these kernels' cache entries. Numba
 #: checks only this file's stamp when it loads its cache: an edit of ``simd.py`` must update
 #: this line (``tests/test_compiled.py`` checks it), and so invalidates the cached kernels.
-SIMD_SHA256 = "9a638d993bb1fc04c4bc2d07b4148dde163468cec182580b16c2beacf9d33dcb"
+SIMD_SHA256 = "805816f62b806609d83a042cbda41fc6264d35ef76801a6fa9177c624dda6fd6"
 
 # -- the step table ------------------------------------------------------------------------------
 
@@ -553,6 +554,8 @@ def input_batch(src, row, popf, fanout, a, rec, record, counts, n_layers, n_pops
     never = np.float32(np.inf)
     n = src.shape[0]
     found = np.zeros((n, 3), np.int64)  # spikes, saturated, operations: counted once all is good
+    tally = np.zeros(4, np.int64)
+    code = popf[0].copy()  # scale, end, threshold, cut
     bad = 0
     for s in range(n):
         x = src[s]
@@ -563,7 +566,13 @@ def input_batch(src, row, popf, fanout, a, rec, record, counts, n_layers, n_pops
         for side in range(2 if signed else 1):  # ON channels (x), then OFF (relu(-x))
             flip = np.float32(1.0 if side == 0 else -1.0)
             off = side * n_in
-            for i in range(n_in):
+            tally[:] = 0
+            encode_inputs(x, flip, n_in, not signed, code, fanout[off:], out[off:], tally)
+            sent += tally[0]
+            saturated += tally[1]
+            ops += tally[2]
+            bad += tally[3]
+            for i in range(n_in - n_in % 8, n_in):  # the rest, as encode_inputs
                 v = flip * x[i]
                 bad += np.int64((not abs(v) <= FLOAT32_MAX) | ((v < 0) & (not signed)))
                 post = _spike_time(v, scale, end, cut)[1]

@@ -347,6 +347,7 @@ _PACK_LANES = [
     [j for j in range(8) if m >> j & 1] + [0] * (8 - bin(m).count("1")) for m in range(256)
 ]
 _LANES_I32 = ir.VectorType(_I32, _LANES)
+_FLOAT32_MAX = 3.4028234663852886e38  # the largest finite float32
 
 
 def _pack(builder: Any, keep: Any, values: Any, base: Any, i_ty: Any, i_ptr: Any, v_ptr: Any,
@@ -447,5 +448,107 @@ def pack_fired(typingctx: Any, cur: Any, base: Any, scale: Any, end: Any, idx: A
         late = builder.fsub(_splat(builder, end, _VEC), t)
         values = builder.fmul(_splat(builder, scale, _VEC), late)
         return _pack(builder, keep, values, base, i_ty, i_ptr, v_ptr, nf)
+
+    return sig, codegen
+
+
+@intrinsic
+def encode_inputs(typingctx: Any, x: Any, flip: Any, n: Any, unsigned: Any, code: Any, fan: Any,
+                  out: Any, tally: Any) -> Any:  # fmt: skip
+    """The first ``n - n % 8`` raw inputs ``v = flip * x`` (``flip`` ±1: the ON or the OFF
+    channels) of a first layer run dense, eight at a time: encoded into spike times
+    (``kernels._spike_time``, the cut-off included) and decoded into their intensities
+    (``kernels._intensity``, 0 where silent) in ``out``.
+
+    ``code`` (float32) holds the input population's scale, window end, saturation threshold
+    and cut-off (``kernels.P_*``'s order). Added to ``tally`` (int64): the spikes sent, the
+    inputs above the threshold, the operations (``fan``, int64, summed over the inputs that
+    fired) and the bad values (not finite, or negative where ``unsigned``). The float32
+    operations are the numba loop's (``kernels.input_batch``'s rest), in the same order: the
+    same numbers. The counts stay in vector registers, 32-bit (the operations 64-bit), where
+    numba's loop widened every comparison to 64 bits and went four inputs at a time (1.0 ->
+    0.67 µs per 784 inputs).
+    """
+    f32, i64 = types.float32, types.int64
+    if not (
+        _is_array(x, f32) and flip == f32 and unsigned == types.boolean and _is_array(code, f32)
+        and _is_array(fan, i64) and _is_array(out, f32) and _is_array(tally, i64)
+    ):  # fmt: skip
+        return None
+    sig = types.void(x, f32, i64, types.boolean, code, fan, out, tally)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        x_ty, _, _, _, c_ty, f_ty, o_ty, t_ty = signature.args
+        x_arr, flip, n, unsigned, c_arr, f_arr, o_arr, t_arr = args
+        x_ptr = _data(context, builder, x_ty, x_arr)
+        c_ptr = _data(context, builder, c_ty, c_arr)
+        f_ptr = _data(context, builder, f_ty, f_arr)
+        o_ptr = _data(context, builder, o_ty, o_arr)
+        t_ptr = _data(context, builder, t_ty, t_arr)
+        scale, end, threshold, cut = (
+            _splat(builder, builder.load(builder.gep(c_ptr, [ir.Constant(_I64, j)])), _VEC)
+            for j in range(4)
+        )
+        sign = _splat(builder, flip, _VEC)
+        zero = ir.Constant(_VEC, [0.0] * _LANES)
+        never = ir.Constant(_VEC, [float("inf")] * _LANES)
+        largest = ir.Constant(_VEC, [_FLOAT32_MAX] * _LANES)
+        i32v, i64v = ir.VectorType(_I32, _LANES), ir.VectorType(_I64, _LANES)
+        strict = builder.icmp_unsigned("!=", unsigned, ir.Constant(unsigned.type, 0))
+        strict = _splat(builder, strict, ir.VectorType(ir.IntType(1), _LANES))
+        fabs = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(_VEC, [_VEC]), "llvm.fabs.v8f32"
+        )
+        entry = builder.block
+        head = builder.function.append_basic_block("inputs.head")
+        body = builder.function.append_basic_block("inputs.body")
+        done = builder.function.append_basic_block("inputs.done")
+        builder.branch(head)
+        builder.position_at_end(head)
+        i = builder.phi(_I64)
+        i.add_incoming(ir.Constant(_I64, 0), entry)
+        tallies = []
+        for ty in (i32v, i32v, i64v, i32v):  # sent, saturated, operations, bad
+            phi = builder.phi(ty)
+            phi.add_incoming(ir.Constant(ty, [0] * _LANES), entry)
+            tallies.append(phi)
+        after = builder.add(i, ir.Constant(_I64, _LANES))
+        builder.cbranch(builder.icmp_signed("<=", after, n), body, done)
+
+        builder.position_at_end(body)
+        v = builder.fmul(sign, builder.load(_vector_at(builder, x_ptr, i, _VEC), align=4))
+        finite = builder.fcmp_ordered("<=", builder.call(fabs, [v]), largest)
+        negative = builder.and_(builder.fcmp_ordered("<", v, zero), strict)
+        bad = builder.or_(builder.not_(finite), negative)
+        # _spike_time: end - min(v, A) / A if v > 0 and before the end; then the cut-off
+        low = builder.select(builder.fcmp_ordered("<", scale, v), scale, v)
+        t = builder.fsub(end, builder.fdiv(low, scale))
+        ok = builder.and_(builder.fcmp_ordered(">", v, zero), builder.fcmp_ordered("<", t, end))
+        pre = builder.select(ok, t, never)
+        post = builder.select(builder.fcmp_ordered("<=", pre, cut), pre, never)
+        fired = builder.fcmp_ordered("<", post, never)
+        intensity = builder.select(fired, builder.fmul(scale, builder.fsub(end, post)), zero)
+        builder.store(intensity, _vector_at(builder, o_ptr, i, _VEC), align=4)
+        fans = builder.load(_vector_at(builder, f_ptr, i, i64v), align=8)
+        adds = [
+            builder.zext(fired, i32v),
+            builder.zext(builder.fcmp_ordered(">", v, threshold), i32v),
+            builder.and_(fans, builder.sext(fired, i64v)),
+            builder.zext(bad, i32v),
+        ]
+        for phi, add in zip(tallies, adds, strict=True):
+            phi.add_incoming(builder.add(phi, add), body)
+        i.add_incoming(after, body)
+        builder.branch(head)
+
+        builder.position_at_end(done)
+        for j, phi in enumerate(tallies):
+            slot = builder.gep(t_ptr, [ir.Constant(_I64, j)])
+            total = builder.load(slot)
+            for lane in range(_LANES):
+                e = builder.extract_element(phi, ir.Constant(_I32, lane))
+                total = builder.add(total, builder.sext(e, _I64) if e.type != _I64 else e)
+            builder.store(total, slot)
+        return context.get_dummy_value()
 
     return sig, codegen
