@@ -208,22 +208,25 @@ def test_the_arrival_order_is_numpy_s_stable_argsort(window: int, seed: int) -> 
     times[rng.random(size) < 0.3] = np.inf  # silent neurons are not arrivals
     idx = np.flatnonzero(np.isfinite(times)).astype(np.int64)
     keys = np.empty(4 * size + 65, np.int64)
+    scale = np.float32(rng.choice([1.0, 1.7, 0.3]))
+    val = scale * (np.float32(window + 1) - times[idx])  # the gather's float32 intensities
     expected = idx[np.argsort(times[idx], kind="stable")]
-    kernels._arrival_order(times, idx.size, idx, window, keys)
+    kernels._arrival_order(times, idx.size, idx, val, np.float64(scale), keys)
     order = keys[: idx.size] & 0xFFFFFFFF
     np.testing.assert_array_equal(idx[order], expected)
     # The buckets alone (the early decision takes arrivals back a bucket at a time): the same
-    # sets as the exact order's, bucket by bucket, each bucket's times within its range.
-    n_buckets = kernels._buckets(times, idx.size, idx, window, keys)
+    # sets as the exact order's, bucket by bucket, each bucket's intensities within its range.
+    n_buckets = kernels._buckets(idx.size, val, np.float64(scale), keys)
     ends = keys[2 * idx.size : 2 * idx.size + n_buckets]
     assert ends[-1] == idx.size and (np.diff(ends) >= 0).all()
-    order = keys[: idx.size] & 0xFFFFFFFF
+    order = keys[: idx.size]
     begin = 0
     for b, end in enumerate(ends):
         members = idx[order[begin:end]]
         assert sorted(members) == sorted(expected[begin:end])
-        assert ((times[members] - window) * n_buckets >= b - 1e-3).all()
-        assert ((times[members] - window) * n_buckets < b + 1 + 1e-3).all()
+        assert sorted(order[begin:end]) == list(order[begin:end])  # stable: by position
+        late = (scale - val[order[begin:end]]) / scale * n_buckets
+        assert (late >= b - 1e-3).all() and (late < b + 1 + 1e-3).all()
         begin = end
 
 
@@ -340,7 +343,9 @@ def test_the_raw_inputs_pass_is_step_0_then_decoding_bit_for_bit(
 @pytest.mark.parametrize("kernels", ["event", "dense"])
 def test_raw_inputs_are_checked_whichever_kernel_reads_them_first(kernels: str) -> None:
     """A first layer on the dense kernel reads the raw inputs itself (kernels.input_batch):
-    it refuses what step 0 of the event kernel refuses, with check_batch's error."""
+    it refuses what step 0 of the event kernel refuses, with check_batch's error, which names
+    the first bad value's place in the raw batch (a signed input's too: the kernels see it
+    split into ON and OFF channels, twice the channels)."""
     from powersave.inputs import InputError
 
     g, x = small_mlp(4)
@@ -348,6 +353,12 @@ def test_raw_inputs_are_checked_whichever_kernel_reads_them_first(kernels: str) 
         bad = x.copy()
         bad[-1, 0, 2, 3] = value
         with pytest.raises(InputError, match=message):
+            run_compiled(g, bad, kernels=kernels)
+    g, x = tiny_mlp(1, signed=True, n=41)
+    for n in (40, 41):  # an odd batch does not reshape to the split channels
+        bad = x[:n].copy()
+        bad[-1, 0, 0, 0] = np.nan
+        with pytest.raises(InputError, match=rf"index \({n - 1}, 0, 0, 0\)"):
             run_compiled(g, bad, kernels=kernels)
 
 
@@ -381,7 +392,7 @@ def test_the_batch_event_kernel_of_a_dense_layer_is_the_interpreter_s_scatter(n_
     a[1] = 0.0  # nothing fires
     a[2, :9] = 1.0
     a[2, 9:] = 0.0  # two groups of four and one more
-    a[3, :] = 0.5  # every input: the sixty-four-input masks full
+    a[3, :] = 0.5  # every input fires: every group of eight packed whole
     a[4, :-6] = 0.0  # only the last few (the tail after the masks)
     wt = np.ascontiguousarray(w.T)
     row = np.zeros(k.N_COLUMNS, np.int64)

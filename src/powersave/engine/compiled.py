@@ -69,6 +69,7 @@ class Program:
         rec_offsets: ``(P,)`` column of each population in a recording buffer of ``rec_size``.
         max_size: the largest population or potential buffer a sample needs.
         shapes: per step, the per-sample shape it produces.
+        input_shape: the raw inputs' per-sample shape (``shapes[0]`` is after an ON/OFF split).
         kinds: per synaptic layer, ``"dense"``, ``"conv"`` or ``"avgpool"``.
         costs: the static costs of each synaptic layer.
         populations, population_shapes, scales: name, shape and scale of each population.
@@ -85,6 +86,7 @@ class Program:
     rec_size: int
     max_size: int
     shapes: tuple[tuple[int, ...], ...]
+    input_shape: tuple[int, ...]
     kinds: tuple[str, ...]
     costs: tuple[SynapticCost, ...]
     populations: tuple[str, ...]
@@ -283,6 +285,7 @@ def _build(graph: Graph, costs: tuple[SynapticCost, ...]) -> Program:
         rec_size=int(sum(sizes)),
         max_size=max_size,
         shapes=tuple(tuple(s) for s in graph.shapes),
+        input_shape=tuple(graph.input.shape),
         kinds=tuple(kinds),
         costs=costs,
         populations=tuple(p.source for p in populations),
@@ -568,8 +571,8 @@ def _refuse(prog: Program, src: np.ndarray) -> None:
     negative values for an unsigned input)."""
     from powersave.inputs import check_batch
 
-    input_shape = prog.shapes[0]
-    check_batch(src.reshape(-1, *input_shape), input_shape, signed=bool(prog.steps[0, k.FLAG]))
+    shape = prog.input_shape  # the raw inputs' (prog.shapes[0] is after an ON/OFF split)
+    check_batch(src.reshape(-1, *shape), shape, signed=bool(prog.steps[0, k.FLAG]))
     raise AssertionError("the kernel refused inputs that check_batch accepts")  # unreachable
 
 

@@ -60,7 +60,7 @@ T = TypeVar("T")
 #: SHA-256 of ``simd.py``, whose intrinsics are compiled into these kernels' cache entries. Numba
 #: checks only this file's stamp when it loads its cache: an edit of ``simd.py`` must update
 #: this line (``tests/test_compiled.py`` checks it), and so invalidates the cached kernels.
-SIMD_SHA256 = "805816f62b806609d83a042cbda41fc6264d35ef76801a6fa9177c624dda6fd6"
+SIMD_SHA256 = "55d01fc2c98160e7ede21787c84d5c111474b51bf782cdb1491fc5c5f116cb5c"
 
 # -- the step table ------------------------------------------------------------------------------
 
@@ -723,14 +723,19 @@ def _insertion_sort(keys, lo, hi):  # type: ignore[no-untyped-def]
 
 
 @_jit(inline="always")
-def _buckets(cur, nf, idx, window, keys):  # type: ignore[no-untyped-def]
-    """A counting sort of the fired inputs into time buckets; returns the number of buckets.
+def _buckets(nf, val, scale, keys):  # type: ignore[no-untyped-def]
+    """A counting sort of the fired inputs into time buckets by their intensities; returns the
+    number of buckets.
 
-    ``keys[:nf]``: the fired inputs as int64 keys ``time bits << 32 | k``, bucket by bucket
-    (``n_buckets`` equal buckets over ``[window, window + 1)``, stable: within a bucket in
-    position order); ``keys[2 nf + b]`` is the end of bucket ``b`` (``b < n_buckets``). Times
-    are non-negative float32 in ``[window, window + 1)``, whose bit patterns sort as the numbers
-    do, so sorting keys sorts by time, ties by position, and the low 32 bits are the position.
+    ``keys[:nf]``: the positions ``k`` of the fired inputs (``val[k]``, in ``(0, scale]``),
+    bucket by bucket, earliest first (``n_buckets`` equal buckets of intensity, ``scale`` down
+    to 0, which are equal buckets of time over the window; stable: within a bucket in position
+    order); ``keys[2 nf + b]`` is the end of bucket ``b`` (``b < n_buckets``). The intensity
+    ``scale * (end - t)`` falls with the time ``t`` (rounded, never rises), so a bucket's
+    arrivals all come after the previous bucket's, and inputs that fired together share a
+    bucket. From the intensities, contiguous, the buckets are found in a loop of their own
+    (no time read through ``idx``, no store read back), and the sort moves positions only:
+    the early decision needs the time order within one bucket at most (:func:`_time_keys`).
     ``keys`` holds ``4 nf + 65`` int64 or more (scratch after the first ``nf``).
     """
     n_buckets = 64
@@ -739,26 +744,36 @@ def _buckets(cur, nf, idx, window, keys):  # type: ignore[no-untyped-def]
     ends = keys[2 * nf : 2 * nf + n_buckets + 1]
     for b in range(n_buckets + 1):
         ends[b] = 0
-    bits = cur.view(np.int32)
     bucket = keys[nf : 2 * nf]
-    lo = np.float32(window)
+    top = np.float32(scale)
+    per = np.float32(n_buckets) / top
     for k in range(nf):
-        b = min(max(np.int64((cur[idx[k]] - lo) * n_buckets), 0), n_buckets - 1)
-        bucket[k] = b
-        ends[b + 1] += 1
+        bucket[k] = min(max(np.int64((top - val[k]) * per), 0), n_buckets - 1)
+    for k in range(nf):
+        ends[bucket[k] + 1] += 1
     total = 0
     for b in range(1, n_buckets + 1):  # the running total in a register, not through memory
         total += ends[b]
         ends[b] = total
     for k in range(nf):
         b = bucket[k]
-        keys[ends[b]] = (np.int64(bits[idx[k]]) << 32) | k
+        keys[ends[b]] = k
         ends[b] += 1  # ends as the end of bucket b
     return n_buckets
 
 
+@_jit(inline="always")
+def _time_keys(cur, idx, keys, lo, hi):  # type: ignore[no-untyped-def]
+    """Positions ``keys[lo:hi]`` as int64 keys ``time bits << 32 | k``, which sort by time, ties
+    by position (times are non-negative float32, whose bit patterns sort as the numbers do);
+    the low 32 bits are the position."""
+    bits = cur.view(np.int32)
+    for m in range(lo, hi):
+        keys[m] = (np.int64(bits[idx[keys[m]]]) << 32) | keys[m]
+
+
 @_jit()
-def _arrival_order(cur, nf, idx, window, keys):  # type: ignore[no-untyped-def]
+def _arrival_order(cur, nf, idx, val, scale, keys):  # type: ignore[no-untyped-def]
     """``keys[:nf]``: the fired inputs in arrival order, as int64 keys ``time bits << 32 | k``.
 
     The order of numpy's stable argsort: by time, ties by position ``k``. The counting sort
@@ -766,7 +781,8 @@ def _arrival_order(cur, nf, idx, window, keys):  # type: ignore[no-untyped-def]
     bucket of two or more puts them in place (against quicksort's mispredicted branches: 4 µs
     for 120 spikes). ``keys`` as :func:`_buckets`'s.
     """
-    n_buckets = _buckets(cur, nf, idx, window, keys)
+    n_buckets = _buckets(nf, val, scale, keys)
+    _time_keys(cur, idx, keys, 0, nf)
     begin = 0
     for b in range(n_buckets):
         end = keys[2 * nf + b]
@@ -875,7 +891,7 @@ def _early_back(  # type: ignore[no-untyped-def]
     All arrivals summed (in index order, no sorting) give the end's leader ``l`` and test; a
     failed test there is final. Otherwise the arrivals are taken back a time bucket
     (:func:`_buckets`) at a time, the state before each bucket tested with ``l`` (its ``a_now``
-    the smallest intensity of the bucket before, i.e. the last arrival; where another class
+    the smallest intensity of the arrivals before it, i.e. the last one's; where another class
     leads, ``l``'s test fails as that class's would, or it would lead at the end) until one
     fails or none is left: the decision is the first arrival of the failing bucket, sorted and
     replayed forward from the state before it, that passes (or the bucket's last, whose state
@@ -900,8 +916,15 @@ def _early_back(  # type: ignore[no-untyped-def]
     if _fails(pot, arrived, magnitude, readout_table, n_cls, leader, a_now, 1.0, rounding):
         _never_certain(row, weights, nf, idx, val, work, z)
         return n_ops, np.float64(window + 1.0)
-    n_buckets = _buckets(cur, nf, idx, window, keys)
+    n_buckets = _buckets(nf, val, scale64, keys)
     ends = keys[2 * nf : 2 * nf + n_buckets]
+    # least[m]: the smallest intensity of the first m arrivals in bucket order; where they are
+    # whole buckets (a time prefix), that of the last of them to arrive, the state's a_now
+    least = keys[nf : 2 * nf].view(np.float64)
+    smallest = np.inf
+    for m in range(nf):
+        least[m] = smallest
+        smallest = min(smallest, np.float64(val[keys[m]]))
     used = n_ops
     hi = nf  # the state holds the first `hi` arrivals (whole buckets), and it is certain
     b = n_buckets - 1
@@ -910,7 +933,7 @@ def _early_back(  # type: ignore[no-untyped-def]
             b -= 1
         lo = ends[b - 1] if b > 0 else 0
         for m in range(lo, hi):  # taken back
-            o = keys[m] & 0xFFFFFFFF
+            o = keys[m]
             _arrive(readout_table, first + idx[o], np.float64(val[o]), -1.0, leader, pot, arrived)
             used -= fanout[f_off + idx[o]]
         if lo == 0:  # before any arrival: exactly the bias
@@ -918,16 +941,12 @@ def _early_back(  # type: ignore[no-untyped-def]
                 pot[j] = work[3, j]
                 arrived[j] = 0.0
             a_now = scale64
-        else:  # the last arrival before the bucket: the smallest intensity of the one before
-            c = b - 1
-            while c > 0 and ends[c - 1] == lo:  # empty buckets
-                c -= 1
-            a_now = np.inf
-            for m in range(ends[c - 1] if c > 0 else 0, lo):
-                a_now = min(a_now, np.float64(val[keys[m] & 0xFFFFFFFF]))
+        else:  # the last arrival before the bucket
+            a_now = least[lo]
         # (Another leader here fails too: its lead over `leader` is not above the bound.)
         if _fails(pot, arrived, magnitude, readout_table, n_cls, leader, a_now, 1.0, rounding):
             # The decision is in [lo, hi): in order, forward from here.
+            _time_keys(cur, idx, keys, lo, hi)
             _insertion_sort(keys, lo, hi)
             for m in range(lo, hi):
                 o = keys[m] & 0xFFFFFFFF
@@ -960,7 +979,7 @@ def _early_forward(  # type: ignore[no-untyped-def]
     arrived = work[1]  # sum over arrived inputs of max(0, w_ir - w_i,kept)
     magnitude = work[2]
     rounding = _early_setup(row, weights, scale64, readout_table, work)
-    _arrival_order(cur, nf, idx, window, keys)
+    _arrival_order(cur, nf, idx, val, scale64, keys)
     keep = 1.0 - margin
     a_now = scale64
     used = 0

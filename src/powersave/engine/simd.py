@@ -7,6 +7,8 @@ llvmlite's IR builder, keep them in vector registers.
 - :func:`pack_nonzero`, :func:`pack_fired`: eight inputs at a time, those that are not 0 (or
   that fired) appended to a list of positions and values, with AVX2 by one ``vpermps`` and
   two stores, no branch and no store per input (one lane at a time on other CPUs).
+- :func:`encode_inputs`: a dense first layer's raw inputs encoded, cut, decoded and counted
+  eight at a time, the counts in vector registers (``kernels.input_batch``).
 - :func:`prefetch`: a cache line asked for in L2 (``llvm.prefetch``).
 - :func:`panel_sum`: the products of a sample's fired inputs with one *panel* of a Dense layer's
   weights (``PANEL`` consecutive output columns of ``W^T``, stored ``(in, PANEL)`` contiguous)
