@@ -60,7 +60,7 @@ T = TypeVar("T")
 #: SHA-256 of ``simd.py``, whose intrinsics are compiled into these kernels' cache entries. Numba
 #: checks only this file's stamp when it loads its cache: an edit of ``simd.py`` must update
 #: this line (``tests/test_compiled.py`` checks it), and so invalidates the cached kernels.
-SIMD_SHA256 = "55d01fc2c98160e7ede21787c84d5c111474b51bf782cdb1491fc5c5f116cb5c"
+SIMD_SHA256 = "cdf6c72c52d7730f010335a7f0a468be24f5e720fb2ef18e11139007e042257e"
 
 # -- the step table ------------------------------------------------------------------------------
 

@@ -50,6 +50,15 @@ def _data(context: Any, builder: Any, ty: Any, value: Any) -> Any:
     return context.make_array(ty)(context, builder, value).data
 
 
+def _arguments(context: Any, builder: Any, signature: Any, args: Any) -> list[Any]:
+    """An intrinsic's arguments, each array as its data pointer (all made first: numba's array
+    structs emit instructions where they are made), the others as they are."""
+    return [
+        _data(context, builder, ty, value) if isinstance(ty, types.Array) else value
+        for ty, value in zip(signature.args, args, strict=True)
+    ]
+
+
 def _vector_at(builder: Any, ptr: Any, offset: Any, vec: Any) -> Any:
     """A ``vec *`` to element ``offset`` of ``ptr``."""
     return builder.bitcast(builder.gep(ptr, [offset], inbounds=True), vec.as_pointer())
@@ -152,13 +161,7 @@ def panel_sum(
     sig = types.void(panels, idx, val, types.int64, types.int64, types.int64, z, types.int64)
 
     def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        p_ty, i_ty, v_ty, _, _, _, z_ty, _ = signature.args
-        p_arr, i_arr, v_arr, lo, hi, base, z_arr, at = args
-        # Data pointers first: numba's array structs emit instructions where they are made.
-        w_ptr = _data(context, builder, p_ty, p_arr)
-        i_ptr = _data(context, builder, i_ty, i_arr)
-        v_ptr = _data(context, builder, v_ty, v_arr)
-        z_ptr = _data(context, builder, z_ty, z_arr)
+        w_ptr, i_ptr, v_ptr, lo, hi, base, z_ptr, at = _arguments(context, builder, signature, args)
         zero = ir.Constant(_VEC, [0.0] * _LANES)
         n_vec = PANEL // _LANES
 
@@ -265,12 +268,8 @@ def _rows_pass(n_vec: int, bound: bool) -> Any:
         sig = types.void(table, types.int64, idx, val, types.int64, types.int64, out)
 
         def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-            t_ty, _, i_ty, v_ty, _, _, o_ty = signature.args
-            t_arr, first, i_arr, v_arr, nf, extra, o_arr = args
-            t_ptr = _data(context, builder, t_ty, t_arr)
-            i_ptr = _data(context, builder, i_ty, i_arr)
-            v_ptr = _data(context, builder, v_ty, v_arr)
-            o_ptr = _data(context, builder, o_ty, o_arr)
+            pointers = _arguments(context, builder, signature, args)
+            t_ptr, first, i_ptr, v_ptr, nf, extra, o_ptr = pointers
             width = ir.Constant(_I64, 4 * n_vec)
 
             def quarter(ptr: Any, q: int, start: Any = None) -> Any:
@@ -413,11 +412,8 @@ def pack_nonzero(typingctx: Any, x: Any, base: Any, idx: Any, val: Any, nf: Any)
     sig = types.int64(x, types.int64, idx, val, types.int64)
 
     def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        x_ty, _, i_ty, v_ty, _ = signature.args
-        x_arr, base, i_arr, v_arr, nf = args
-        x_ptr = _data(context, builder, x_ty, x_arr)
-        i_ptr = _data(context, builder, i_ty, i_arr)
-        v_ptr = _data(context, builder, v_ty, v_arr)
+        x_ptr, base, i_ptr, v_ptr, nf = _arguments(context, builder, signature, args)
+        i_ty = signature.args[2]
         values = builder.load(_vector_at(builder, x_ptr, base, _VEC), align=4)
         keep = builder.fcmp_unordered("!=", values, ir.Constant(_VEC, [0.0] * _LANES))
         return _pack(builder, keep, values, base, i_ty, i_ptr, v_ptr, nf)
@@ -440,11 +436,8 @@ def pack_fired(typingctx: Any, cur: Any, base: Any, scale: Any, end: Any, idx: A
     sig = types.int64(cur, types.int64, f32, f32, idx, val, types.int64)
 
     def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        c_ty, _, _, _, i_ty, v_ty, _ = signature.args
-        c_arr, base, scale, end, i_arr, v_arr, nf = args
-        c_ptr = _data(context, builder, c_ty, c_arr)
-        i_ptr = _data(context, builder, i_ty, i_arr)
-        v_ptr = _data(context, builder, v_ty, v_arr)
+        c_ptr, base, scale, end, i_ptr, v_ptr, nf = _arguments(context, builder, signature, args)
+        i_ty = signature.args[4]
         t = builder.load(_vector_at(builder, c_ptr, base, _VEC), align=4)
         keep = builder.fcmp_ordered("<", t, ir.Constant(_VEC, [float("inf")] * _LANES))
         late = builder.fsub(_splat(builder, end, _VEC), t)
@@ -480,13 +473,8 @@ def encode_inputs(typingctx: Any, x: Any, flip: Any, n: Any, unsigned: Any, code
     sig = types.void(x, f32, i64, types.boolean, code, fan, out, tally)
 
     def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        x_ty, _, _, _, c_ty, f_ty, o_ty, t_ty = signature.args
-        x_arr, flip, n, unsigned, c_arr, f_arr, o_arr, t_arr = args
-        x_ptr = _data(context, builder, x_ty, x_arr)
-        c_ptr = _data(context, builder, c_ty, c_arr)
-        f_ptr = _data(context, builder, f_ty, f_arr)
-        o_ptr = _data(context, builder, o_ty, o_arr)
-        t_ptr = _data(context, builder, t_ty, t_arr)
+        pointers = _arguments(context, builder, signature, args)
+        x_ptr, flip, n, unsigned, c_ptr, f_ptr, o_ptr, t_ptr = pointers
         scale, end, threshold, cut = (
             _splat(builder, builder.load(builder.gep(c_ptr, [ir.Constant(_I64, j)])), _VEC)
             for j in range(4)
