@@ -510,3 +510,31 @@ def test_eight_inputs_at_a_time_are_packed_in_order(
     assert nf == kept.size
     np.testing.assert_array_equal(idx[:nf], kept)
     np.testing.assert_array_equal(val[:nf], scale * (end - t[kept]))  # float32, as decode
+
+
+@pytest.mark.parametrize("length", [0, 5, 8, 16, 37, 64, 80, 150])
+def test_a_convolution_s_kernel_row_goes_through_its_channels_in_registers(length: int) -> None:
+    """simd.conv_pass: ``acc[dst + j] += sum_c val[c] * weights[start + idx[c] * stride + j]``
+    for the columns in whole vectors (blocks of 64, 16 and 8), the rest left to the caller and
+    every other entry untouched; the channels added one after another in float32."""
+    from powersave.engine import simd
+
+    @numba.njit(cache=False)
+    def run(weights, start, stride, length, nc, idx, val, acc, dst):  # type: ignore[no-untyped-def]
+        return simd.conv_pass(weights, start, stride, length, nc, idx, val, acc, dst)
+
+    rng = np.random.default_rng(length)
+    stride, start, dst = length + 7, 3, 2
+    weights = rng.standard_normal(3 + 9 * stride + length).astype(np.float32)
+    for nc in (0, 1, 3, 8):
+        idx = rng.permutation(9)[:8].astype(np.int64)
+        val = rng.random(8).astype(np.float32)
+        acc = rng.standard_normal(dst + length + 5).astype(np.float32)
+        before = acc.copy()
+        done = run(weights, start, stride, length, nc, idx, val, acc, dst)
+        assert done == length - length % 8
+        expected = before.copy()
+        for c in range(nc):  # the same float32 operations, in the same order
+            row = weights[start + idx[c] * stride : start + idx[c] * stride + done]
+            expected[dst : dst + done] += val[c] * row
+        np.testing.assert_array_equal(acc, expected)

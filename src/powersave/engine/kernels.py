@@ -44,6 +44,7 @@ from powersave.engine.simd import (
     bound_rows2,
     bound_rows3,
     bound_rows4,
+    conv_pass,
     encode_inputs,
     pack_fired,
     pack_nonzero,
@@ -60,7 +61,7 @@ T = TypeVar("T")
 #: SHA-256 of ``simd.py``, whose intrinsics are compiled into these kernels' cache entries. Numba
 #: checks only this file's stamp when it loads its cache: an edit of ``simd.py`` must update
 #: this line (``tests/test_compiled.py`` checks it), and so invalidates the cached kernels.
-SIMD_SHA256 = "cdf6c72c52d7730f010335a7f0a468be24f5e720fb2ef18e11139007e042257e"
+SIMD_SHA256 = "fefc87eddca0319eb9760d4fda406467c08d7507fcb6b1fd10e9a7a26e665c8d"
 
 # -- the step table ------------------------------------------------------------------------------
 
@@ -323,11 +324,13 @@ def _conv(row, weights, nf, idx, val, cur, scale, end, acc, z):  # type: ignore[
     channels), the spikes are taken position by position: every channel that fired at
     ``(y, x)`` (read from the spike times ``cur``, decoded with ``scale`` and ``end``; ``idx``
     and ``val`` then serve as scratch) reaches the same outputs, so a kernel row's update is
-    one pass of :func:`_scatter` over those channels instead of a short saxpy per spike:
-    1.2-1.4x faster on the bench CNN's second convolution in ``full`` and ``balanced`` (8
+    one pass over those channels (:func:`simd.conv_pass`, the sums in vector registers)
+    instead of a short saxpy per spike. With numba's loop for the pass (:func:`_scatter`) that
+    was 1.2-1.4x faster on the bench CNN's second convolution in ``full`` and ``balanced`` (8
     channels, 4-6 firing per position), 1.1x slower in ``saver`` (1.5 per position), 2x
-    slower on its first convolution (1 channel, a spike per 7 positions). Sparser inputs, and
-    other strides, take the spikes one by one.
+    slower on its first convolution (1 channel, a spike per 7 positions); the intrinsic made
+    the whole CNN's batch-1 ``balanced`` 1.35x faster. Sparser inputs, and other strides, take
+    the spikes one by one.
     """
     h, w, n_out = row[H_IN], row[W_IN], row[C_OUT]
     ho, wo, kh, kw = row[H_OUT], row[W_OUT], row[KH], row[KW]
@@ -360,12 +363,17 @@ def _conv(row, weights, nf, idx, val, cur, scale, end, acc, z):  # type: ignore[
                 if b_lo >= b_hi:
                     continue
                 length = (b_hi - b_lo) * n_out
+                stride = kh * row_len  # from one channel's weights to the next's
                 for a in range(a_lo, a_hi):
                     dst = ((y0 + a) * wo + x0 + b_lo) * n_out
-                    _scatter(
-                        weights, w_off + a * row_len + b_lo * n_out, kh * row_len, length, nc,
-                        idx, val, acc[dst : dst + length],
-                    )  # fmt: skip
+                    start = w_off + a * row_len + b_lo * n_out
+                    done = conv_pass(weights, start, stride, length, nc, idx, val, acc, dst)
+                    rest = acc[dst + done : dst + length]  # length % 8 columns, as conv_pass
+                    for t in range(length - done):
+                        total = rest[t]
+                        for c in range(nc):
+                            total += val[c] * weights[start + idx[c] * stride + done + t]
+                        rest[t] = total
         _transpose_bias(acc, bias, ho * wo, n_out, z)
         return
     inv_hw = 1.0 / hw
