@@ -320,17 +320,19 @@ def _conv(row, weights, nf, idx, val, cur, scale, end, acc, z):  # type: ignore[
     b)`` through tap ``(a, b)``, so with a horizontal stride of 1 one kernel row's taps land on
     consecutive outputs and the update is one contiguous saxpy of ``taps × O`` numbers.
 
-    With strides of 1 and at least three spikes per input position (on average over the
-    channels), the spikes are taken position by position: every channel that fired at
+    With strides of 1 and at least half a spike per input position (on average), the spikes
+    are taken position by position: every channel that fired at
     ``(y, x)`` (read from the spike times ``cur``, decoded with ``scale`` and ``end``; ``idx``
     and ``val`` then serve as scratch) reaches the same outputs, so a kernel row's update is
     one pass over those channels (:func:`simd.conv_pass`, the sums in vector registers)
     instead of a short saxpy per spike. With numba's loop for the pass (:func:`_scatter`) that
     was 1.2-1.4x faster on the bench CNN's second convolution in ``full`` and ``balanced`` (8
     channels, 4-6 firing per position), 1.1x slower in ``saver`` (1.5 per position), 2x
-    slower on its first convolution (1 channel, a spike per 7 positions); the intrinsic made
-    the whole CNN's batch-1 ``balanced`` 1.35x faster. Sparser inputs, and other strides, take
-    the spikes one by one.
+    slower on its first convolution (1 channel, a spike per 7 positions), hence a threshold
+    of three spikes per position then; the intrinsic made the whole CNN's batch-1 ``balanced``
+    1.35x faster, and with it half a spike per position is enough (the CNN's ``saver`` at
+    batch 1 1.29x faster than at three, ``balanced`` and ``full`` within 2 %). Sparser
+    inputs, and other strides, take the spikes one by one.
     """
     h, w, n_out = row[H_IN], row[W_IN], row[C_OUT]
     ho, wo, kh, kw = row[H_OUT], row[W_OUT], row[KH], row[KW]
@@ -341,7 +343,7 @@ def _conv(row, weights, nf, idx, val, cur, scale, end, acc, z):  # type: ignore[
         acc[j] = 0.0
     hw = h * w
     row_len = kw * n_out
-    if sh == 1 and sw == 1 and nf >= 3 * hw:  # three spikes per position on average, or more
+    if sh == 1 and sw == 1 and 2 * nf >= hw:  # half a spike per position on average, or more
         n_c = row[C_IN]
         never = np.float32(np.inf)
         for y in range(h):
