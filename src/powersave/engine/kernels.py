@@ -61,7 +61,7 @@ T = TypeVar("T")
 #: SHA-256 of ``simd.py``, whose intrinsics are compiled into these kernels' cache entries. Numba
 #: checks only this file's stamp when it loads its cache: an edit of ``simd.py`` must update
 #: this line (``tests/test_compiled.py`` checks it), and so invalidates the cached kernels.
-SIMD_SHA256 = "fefc87eddca0319eb9760d4fda406467c08d7507fcb6b1fd10e9a7a26e665c8d"
+SIMD_SHA256 = "abef2560bfe3e641d3c96aafff533bdb50797916e86d378f34f462e5317f813d"
 
 # -- the step table ------------------------------------------------------------------------------
 

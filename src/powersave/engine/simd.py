@@ -601,14 +601,9 @@ def conv_pass(typingctx: Any, weights: Any, start: Any, stride: Any, length: Any
         values = (w_ptr, start, stride, nc, i_ptr, v_ptr, a_ptr, dst)
         j = ir.Constant(_I64, 0)
         for n_vec in (8, 2, 1):  # while that many vectors of columns are left
-            entry = builder.block
-            head = builder.function.append_basic_block(f"conv{n_vec}.head")
-            body = builder.function.append_basic_block(f"conv{n_vec}.body")
+            at, _, body = _loop(builder, f"conv{n_vec}", j, [], _VEC)
+            head = builder.block
             after = builder.function.append_basic_block(f"conv{n_vec}.after")
-            builder.branch(head)
-            builder.position_at_end(head)
-            at = builder.phi(_I64)
-            at.add_incoming(j, entry)
             following = builder.add(at, ir.Constant(_I64, n_vec * _LANES))
             builder.cbranch(builder.icmp_signed("<=", following, length), body, after)
             builder.position_at_end(body)
