@@ -61,7 +61,7 @@ T = TypeVar("T")
 #: SHA-256 of ``simd.py``, whose intrinsics are compiled into these kernels' cache entries. Numba
 #: checks only this file's stamp when it loads its cache: an edit of ``simd.py`` must update
 #: this line (``tests/test_compiled.py`` checks it), and so invalidates the cached kernels.
-SIMD_SHA256 = "abef2560bfe3e641d3c96aafff533bdb50797916e86d378f34f462e5317f813d"
+SIMD_SHA256 = "d5fc46886a9592bc1fe61be84d58d6a6a136c03c88373b7a8e8e675456ba55f0"
 
 # -- the step table ------------------------------------------------------------------------------
 
@@ -343,6 +343,7 @@ def _conv(row, weights, nf, idx, val, cur, scale, end, acc, z):  # type: ignore[
         acc[j] = 0.0
     hw = h * w
     row_len = kw * n_out
+    stride = kh * row_len  # from one input channel's weights to the next's
     if sh == 1 and sw == 1 and 2 * nf >= hw:  # half a spike per position on average, or more
         n_c = row[C_IN]
         never = np.float32(np.inf)
@@ -365,7 +366,6 @@ def _conv(row, weights, nf, idx, val, cur, scale, end, acc, z):  # type: ignore[
                 if b_lo >= b_hi:
                     continue
                 length = (b_hi - b_lo) * n_out
-                stride = kh * row_len  # from one channel's weights to the next's
                 for a in range(a_lo, a_hi):
                     dst = ((y0 + a) * wo + x0 + b_lo) * n_out
                     start = w_off + a * row_len + b_lo * n_out
@@ -392,7 +392,7 @@ def _conv(row, weights, nf, idx, val, cur, scale, end, acc, z):  # type: ignore[
         v = val[k]
         y0 = y + ph - kh + 1  # output row (times sh) reached through tap row a = 0
         x0 = x + pw - kw + 1
-        w_c = w_off + c * kh * row_len
+        w_c = w_off + c * stride
         for a in range(kh):
             ny = y0 + a
             if ny < 0:

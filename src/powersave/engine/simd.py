@@ -61,8 +61,10 @@ def _arguments(context: Any, builder: Any, signature: Any, args: Any) -> list[An
     ]
 
 
-def _vector_at(builder: Any, ptr: Any, offset: Any, vec: Any) -> Any:
-    """A ``vec *`` to element ``offset`` of ``ptr``."""
+def _vector_at(builder: Any, ptr: Any, offset: Any, vec: Any, q: int = 0) -> Any:
+    """A ``vec *`` to element ``offset`` of ``ptr``, or to the ``q``-th ``vec`` after it."""
+    if q:
+        offset = builder.add(offset, ir.Constant(_I64, q * vec.count))
     return builder.bitcast(builder.gep(ptr, [offset], inbounds=True), vec.as_pointer())
 
 
@@ -79,11 +81,12 @@ def _index(builder: Any, ptr: Any, k: Any) -> Any:
     return builder.sext(i, _I64) if i.type.width < 64 else i
 
 
-def _loop(builder: Any, name: str, k0: Any, inits: list[Any], vec: Any) -> tuple[Any, ...]:
+def _loop(builder: Any, name: str, k0: Any, inits: list[Any]) -> tuple[Any, ...]:
     """A loop's head and body blocks (``name.head``, ``name.body``), the head holding a phi for
-    the counter (from ``k0``) and one per ``vec`` accumulator (from ``inits``), entered from the
-    current block; returns ``(k, accumulators, body)`` with the builder in the head, where the
-    caller branches to the body or out (and adds the phis' incoming values from the body)."""
+    the counter (from ``k0``) and one per accumulator (from ``inits``, of their types), entered
+    from the current block; returns ``(k, accumulators, body)`` with the builder in the head,
+    where the caller branches to the body or out (and adds the phis' incoming values from the
+    body)."""
     entry = builder.block
     head = builder.function.append_basic_block(f"{name}.head")
     body = builder.function.append_basic_block(f"{name}.body")
@@ -93,7 +96,7 @@ def _loop(builder: Any, name: str, k0: Any, inits: list[Any], vec: Any) -> tuple
     k.add_incoming(k0, entry)
     acc = []
     for init in inits:
-        a = builder.phi(vec)
+        a = builder.phi(init.type)
         a.add_incoming(init, entry)
         acc.append(a)
     return k, acc, body
@@ -173,10 +176,7 @@ def panel_sum(
         def row(k: Any) -> list[Any]:
             start = builder.add(base, builder.mul(_index(builder, i_ptr, k), const(PANEL)))
             return [
-                builder.load(
-                    _vector_at(builder, w_ptr, builder.add(start, const(q * _LANES)), _VEC),
-                    align=4,
-                )
+                builder.load(_vector_at(builder, w_ptr, start, _VEC, q), align=4)
                 for q in range(n_vec)
             ]
 
@@ -184,7 +184,7 @@ def panel_sum(
             return _splat(builder, builder.load(builder.gep(v_ptr, [k], inbounds=True)), _VEC)
 
         # Four at a time: acc += (v0 w0 + v1 w1) + (v2 w2 + v3 w3).
-        k, acc, body = _loop(builder, "panel.fours", lo, [zero] * n_vec, _VEC)
+        k, acc, body = _loop(builder, "panel.fours", lo, [zero] * n_vec)
         head = builder.block
         fn = builder.function
         tail = fn.append_basic_block("panel.tail")
@@ -232,9 +232,7 @@ def panel_sum(
 
         builder.position_at_end(done)
         for q, a in enumerate(_merge(builder, _VEC, acc_left, after_two, acc_one, one)):
-            builder.store(
-                a, _vector_at(builder, z_ptr, builder.add(at, const(q * _LANES)), _VEC), align=4
-            )
+            builder.store(a, _vector_at(builder, z_ptr, at, _VEC, q), align=4)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -273,16 +271,13 @@ def _rows_pass(n_vec: int, bound: bool) -> Any:
             pointers = _arguments(context, builder, signature, args)
             t_ptr, first, i_ptr, v_ptr, nf, extra, o_ptr = pointers
             width = ir.Constant(_I64, 4 * n_vec)
-
-            def quarter(ptr: Any, q: int, start: Any = None) -> Any:
-                offset = ir.Constant(_I64, 4 * q)
-                return _vector_at(
-                    builder, ptr, offset if start is None else builder.add(start, offset), _VEC64
-                )
-
-            start = [builder.load(quarter(o_ptr, q), align=8) for q in range(n_vec)]
+            zero = ir.Constant(_I64, 0)
+            start = [
+                builder.load(_vector_at(builder, o_ptr, zero, _VEC64, q), align=8)
+                for q in range(n_vec)
+            ]
             half = ir.Constant(_VEC64, [0.5] * 4)
-            k, acc, body = _loop(builder, "rows", ir.Constant(_I64, 0), start, _VEC64)
+            k, acc, body = _loop(builder, "rows", zero, start)
             head = builder.block
             done = builder.function.append_basic_block("rows.done")
             builder.cbranch(builder.icmp_signed("<", k, nf), body, done)
@@ -295,7 +290,7 @@ def _rows_pass(n_vec: int, bound: bool) -> Any:
                 lead = builder.fpext(v, _F64) if v.type != _F64 else v
             factor = _splat(builder, lead, _VEC64)
             for q, a in enumerate(acc):
-                row = builder.load(quarter(t_ptr, q, base), align=8)
+                row = builder.load(_vector_at(builder, t_ptr, base, _VEC64, q), align=8)
                 if bound:
                     d = builder.fsub(row, factor)
                     fabs = cgutils.get_or_insert_function(
@@ -309,7 +304,7 @@ def _rows_pass(n_vec: int, bound: bool) -> Any:
             builder.branch(head)
             builder.position_at_end(done)
             for q, a in enumerate(acc):
-                builder.store(a, quarter(o_ptr, q), align=8)
+                builder.store(a, _vector_at(builder, o_ptr, zero, _VEC64, q), align=8)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -491,19 +486,11 @@ def encode_inputs(typingctx: Any, x: Any, flip: Any, n: Any, unsigned: Any, code
         fabs = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(_VEC, [_VEC]), "llvm.fabs.v8f32"
         )
-        entry = builder.block
-        head = builder.function.append_basic_block("inputs.head")
-        body = builder.function.append_basic_block("inputs.body")
+        counts = [ir.Constant(ty, [0] * _LANES) for ty in (i32v, i32v, i64v, i32v)]
+        # sent, saturated, operations, bad
+        i, tallies, body = _loop(builder, "inputs", ir.Constant(_I64, 0), counts)
+        head = builder.block
         done = builder.function.append_basic_block("inputs.done")
-        builder.branch(head)
-        builder.position_at_end(head)
-        i = builder.phi(_I64)
-        i.add_incoming(ir.Constant(_I64, 0), entry)
-        tallies = []
-        for ty in (i32v, i32v, i64v, i32v):  # sent, saturated, operations, bad
-            phi = builder.phi(ty)
-            phi.add_incoming(ir.Constant(ty, [0] * _LANES), entry)
-            tallies.append(phi)
         after = builder.add(i, ir.Constant(_I64, _LANES))
         builder.cbranch(builder.icmp_signed("<=", after, n), body, done)
 
@@ -551,12 +538,8 @@ def _conv_block(builder: Any, n_vec: int, values: tuple[Any, ...], at: Any, name
     vector registers (loaded once, stored once), the channels added one after another."""
     w_ptr, start, stride, nc, i_ptr, v_ptr, a_ptr, dst = values
     out = builder.add(dst, at)
-
-    def vector(ptr: Any, offset: Any, q: int) -> Any:
-        return _vector_at(builder, ptr, builder.add(offset, ir.Constant(_I64, q * _LANES)), _VEC)
-
-    sums = [builder.load(vector(a_ptr, out, q), align=4) for q in range(n_vec)]
-    c, acc, body = _loop(builder, name, ir.Constant(_I64, 0), sums, _VEC)
+    sums = [builder.load(_vector_at(builder, a_ptr, out, _VEC, q), align=4) for q in range(n_vec)]
+    c, acc, body = _loop(builder, name, ir.Constant(_I64, 0), sums)
     head = builder.block
     done = builder.function.append_basic_block(f"{name}.done")
     builder.cbranch(builder.icmp_signed("<", c, nc), body, done)
@@ -564,13 +547,13 @@ def _conv_block(builder: Any, n_vec: int, values: tuple[Any, ...], at: Any, name
     row = builder.add(builder.add(start, builder.mul(_index(builder, i_ptr, c), stride)), at)
     v = _splat(builder, builder.load(builder.gep(v_ptr, [c], inbounds=True)), _VEC)
     for q, a in enumerate(acc):
-        w = builder.load(vector(w_ptr, row, q), align=4)
+        w = builder.load(_vector_at(builder, w_ptr, row, _VEC, q), align=4)
         a.add_incoming(builder.fadd(a, builder.fmul(v, w)), body)
     c.add_incoming(builder.add(c, ir.Constant(_I64, 1)), body)
     builder.branch(head)
     builder.position_at_end(done)
     for q, a in enumerate(acc):
-        builder.store(a, vector(a_ptr, out, q), align=4)
+        builder.store(a, _vector_at(builder, a_ptr, out, _VEC, q), align=4)
 
 
 @intrinsic
@@ -601,7 +584,7 @@ def conv_pass(typingctx: Any, weights: Any, start: Any, stride: Any, length: Any
         values = (w_ptr, start, stride, nc, i_ptr, v_ptr, a_ptr, dst)
         j = ir.Constant(_I64, 0)
         for n_vec in (8, 2, 1):  # while that many vectors of columns are left
-            at, _, body = _loop(builder, f"conv{n_vec}", j, [], _VEC)
+            at, _, body = _loop(builder, f"conv{n_vec}", j, [])
             head = builder.block
             after = builder.function.append_basic_block(f"conv{n_vec}.after")
             following = builder.add(at, ir.Constant(_I64, n_vec * _LANES))
