@@ -61,7 +61,7 @@ T = TypeVar("T")
 #: SHA-256 of ``simd.py``, whose intrinsics are compiled into these kernels' cache entries. Numba
 #: checks only this file's stamp when it loads its cache: an edit of ``simd.py`` must update
 #: this line (``tests/test_compiled.py`` checks it), and so invalidates the cached kernels.
-SIMD_SHA256 = "d5fc46886a9592bc1fe61be84d58d6a6a136c03c88373b7a8e8e675456ba55f0"
+SIMD_SHA256 = "48c559ec7d59f49f75e88d90db0188f612dfd457d4fdbbeb3b741dbbe194faae"
 
 # -- the step table ------------------------------------------------------------------------------
 
@@ -281,10 +281,12 @@ def _panel_product(row, panels, z, idx, val, starts):  # type: ignore[no-untyped
 
     A panel is ``simd.PANEL`` columns of ``W^T``, stored ``(in, PANEL)`` contiguous in
     ``panels`` (``compiled.panel_layout``); every sample of the batch goes through the same
-    panel, whose rows (one cache line each) stay in L1, where whole rows of ``W^T`` (800 kB
+    panel, whose rows (two cache lines each) stay in L2, where whole rows of ``W^T`` (800 kB
     for the bench MLP's first layer) stream from L2 and beyond once per sample: 1.4-1.5x
-    faster there. The sums are :func:`_scatter`'s, bit for bit (:mod:`simd`); the last ``out
-    % PANEL`` columns, stored ``(in, rest)`` after the panels, by :func:`_scatter` itself.
+    faster there (panels of 16 columns, which fit L1, were 1.09-1.19x slower: each pass
+    reloads the fired inputs' positions and values). The sums are :func:`_scatter`'s, bit
+    for bit (:mod:`simd`); the last ``out % PANEL`` columns, stored ``(in, rest)`` after the
+    panels, by :func:`_scatter` itself.
     """
     n_in, out = row[IN_SIZE], row[OUT_SIZE]
     n = z.shape[0]

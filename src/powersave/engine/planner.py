@@ -23,7 +23,7 @@ includes the scan for the inputs that fired. That event kernel goes through the 
 *panel* of ``panel`` columns at a time (``P`` of the ``n_out`` outputs lie in whole panels,
 summed in vector registers) and the ``r = n_out mod panel`` others row by row, at
 ``op_narrow`` per operation (a 10-class readout is all rest: 0.5-0.7 ns per operation,
-against 0.05-0.09 in the panels).
+against 0.045-0.08 in the panels).
 Dense is worth it only when most inputs fire and the batch is large enough for BLAS to run at
 speed; at small batches the compiled engine runs the whole network in one call, event only.
 
@@ -59,7 +59,7 @@ class CostModel:
     """
 
     op: dict[str, float] = field(
-        default_factory=lambda: {"dense": 0.075, "conv": 0.3, "avgpool": 1.0}
+        default_factory=lambda: {"dense": 0.055, "conv": 0.3, "avgpool": 1.0}
     )
     mac: dict[str, float] = field(
         default_factory=lambda: {"dense": 0.03, "conv": 0.6, "avgpool": 1.0}
@@ -71,7 +71,7 @@ class CostModel:
     call: float = 20_000.0
     min_batch: int = 32
     op_narrow: float = 0.6  # (after the older fields: positional construction unchanged)
-    panel: int = 16
+    panel: int = 32
 
     def event_ns(self, kind: str, n_in: int, n_out: int, macs: int, active: float) -> float:
         """Estimated time of the event kernel for one sample of a large batch."""
