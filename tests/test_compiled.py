@@ -21,6 +21,7 @@ from powersave.engine import kernels as k
 from powersave.engine.compiled import program, run_compiled
 from powersave.engine.event import run_events
 from powersave.engine.planner import DENSE, EVENT, CostModel
+from powersave.errors import InputError
 from powersave.graph import Conv, Dense, Flatten, Graph, Input
 from powersave.network import Network
 from powersave.plan import Plan
@@ -145,6 +146,78 @@ def test_the_planner_remembers_each_plan_s_activity() -> None:
     assert again.stats.kernels == expected
     assert again.stats.layer_synaptic_ops == first.stats.layer_synaptic_ops
     np.testing.assert_array_equal(again.logits.argmax(1), first.logits.argmax(1))
+
+
+def _perceptron(seed: int, signed: bool) -> tuple[Graph, np.ndarray]:
+    """Three Dense layers (inputs not a multiple of 8, outputs beyond a whole panel)."""
+    rng = np.random.default_rng(seed)
+    n_in = 37
+    f = 2 * n_in if signed else n_in
+    sizes = [f, 40, 19, 5]
+    layers = [
+        Dense(
+            f"d{i}",
+            rng.normal(size=(sizes[i + 1], sizes[i])) / np.sqrt(sizes[i]),
+            rng.normal(size=sizes[i + 1]) * (0.2 if i < 2 else 2.0),  # some decide early
+            scale=1.0 if i < 2 else None,
+        )
+        for i in range(3)
+    ]
+    g = Graph((Input("x", (n_in,), 1.0, signed=signed), *layers))
+    x = rng.random((70, n_in)).astype(np.float32)
+    x[rng.random(x.shape) < 0.5] = 0.0
+    return g, (x * 2 - 1 if signed else x).astype(np.float32)
+
+
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("early", [False, True])
+def test_a_perceptron_on_events_runs_in_one_call_with_the_layered_numbers(
+    signed: bool, early: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kernels.chain_batch (a batch through a multilayer perceptron whose layers all run on
+    their event kernels, one call) gives the layer-by-layer route's numbers bit for bit: logits,
+    decision times, recorded spikes, every count; with one thread and with two."""
+    g, x = _perceptron(int(signed) + 2 * int(early), signed)
+    prog = program(g)
+    assert prog.chain.tolist() == list(prog.synaptic_steps)
+    plan = Plan(cutoffs=(0.9, 0.6, 0.8), early_decision=early)
+    events = CostModel(mac={"dense": 1e3, "conv": 1e3, "avgpool": 1e3}, min_batch=2)
+    calls = []
+    chain_batch = k.chain_batch
+
+    def spy(*args: object) -> object:
+        calls.append(len(args[0]))  # type: ignore[arg-type]
+        return chain_batch(*args)
+
+    monkeypatch.setattr(k, "chain_batch", spy)
+    run_compiled(g, x, plan, cost_model=events)  # no profile yet: layer by layer
+    assert not calls
+    before = numba.get_num_threads()
+    try:
+        for threads in (1, numba.config.NUMBA_NUM_THREADS):
+            numba.set_num_threads(threads)
+            fused = run_compiled(g, x, plan, cost_model=events, record_spikes=True)
+            assert sum(calls) == len(x)
+            calls.clear()
+            monkeypatch.setitem(prog.__dict__, "chain", np.array([], np.int64))
+            layered = run_compiled(g, x, plan, cost_model=events, record_spikes=True)
+            monkeypatch.delitem(prog.__dict__, "chain")
+            assert not calls
+            assert fused.stats == layered.stats
+            assert fused.stats.kernels == (EVENT,) * 3
+            np.testing.assert_array_equal(fused.logits, layered.logits)
+            np.testing.assert_array_equal(fused.decision_times, layered.decision_times)
+            for a, b in zip(fused.fired, layered.fired, strict=True):  # type: ignore[arg-type]
+                np.testing.assert_array_equal(a, b)
+    finally:
+        numba.set_num_threads(before)
+    assert sum(fused.stats.spikes[1:]) > 0
+    if early:
+        assert fused.stats.readout_ops_saved > 0
+    bad = x.copy()
+    bad[3, 5] = np.nan
+    with pytest.raises(InputError, match=r"index \(3, 5\)"):
+        run_compiled(g, bad, plan, cost_model=events)
 
 
 def test_threads_do_not_change_the_answer() -> None:

@@ -104,7 +104,6 @@ class Program:
     #: Per plan, the share of each synaptic layer's inputs that fired on the last large batch
     #: (the planner's profile).
     activity: dict[Plan, tuple[float, ...]] = field(default_factory=dict, compare=False, repr=False)
-    _panels: dict[int, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
 
     @functools.cached_property
     def synaptic_steps(self) -> tuple[int, ...]:
@@ -121,17 +120,46 @@ class Program:
         and the readout's operations without the early decision."""
         return len(self.layers) + 2 * len(self.populations) + 1
 
+    @functools.cached_property
+    def chain(self) -> np.ndarray:
+        """The steps of the synaptic layers, int64, when every one is Dense and nothing but
+        Flatten lies between them and the raw inputs (a multilayer perceptron: the layers can
+        pass intensities from one to the next, :func:`kernels.chain_batch`); else empty."""
+        dense = all(self.steps[st, k.KIND] == k.K_DENSE for st in self.synaptic_steps)
+        others = set(range(1, len(self.steps))) - set(self.synaptic_steps)
+        flat = all(self.steps[st, k.KIND] == k.K_FLATTEN for st in others)
+        return np.array(self.synaptic_steps if dense and flat else (), np.int64)
+
+    @functools.cached_property
+    def panel_buffer(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every Dense layer's ``W^T`` in panels for :func:`kernels.scatter_batch` (see
+        :func:`panel_layout`), in one float32 buffer, each layer's at a cache line; and per
+        synaptic layer its start in the buffer (int64; a layer of another kind has none).
+        Made on first use: a copy of the Dense layers' weights."""
+        sizes = []
+        for st in self.synaptic_steps:
+            row = self.steps[st]
+            dense = row[k.KIND] == k.K_DENSE
+            sizes.append(int(row[k.IN_SIZE] * row[k.OUT_SIZE]) if dense else 0)
+        padded = [-(-size // 16) * 16 for size in sizes]  # 16 floats: one cache line
+        starts = np.concatenate([[0], np.cumsum(padded)[:-1]]).astype(np.int64)
+        buffer = _aligned_empty(max(sum(padded), 1), np.float32)
+        for st, start, size in zip(self.synaptic_steps, starts.tolist(), sizes, strict=True):
+            if size:
+                row = self.steps[st]
+                n_in, out, w_off = int(row[k.IN_SIZE]), int(row[k.OUT_SIZE]), int(row[k.W_OFF])
+                wt = self.weights[w_off : w_off + n_in * out].reshape(n_in, out)
+                panel_layout(wt, buffer[start : start + size])
+        return buffer, starts
+
     def panels(self, step: int) -> np.ndarray:
         """Dense step ``step``'s ``W^T`` ``(in, out)`` in panels for :func:`kernels.scatter_batch`:
         ``(in, PANEL)`` contiguous per ``PANEL`` columns, then the last ``out % PANEL`` columns
-        ``(in, rest)``, flat float32; made on first use (a copy of the layer's weights)."""
-        panels = self._panels.get(step)
-        if panels is None:
-            row = self.steps[step]
-            n_in, out, w_off = int(row[k.IN_SIZE]), int(row[k.OUT_SIZE]), int(row[k.W_OFF])
-            wt = self.weights[w_off : w_off + n_in * out].reshape(n_in, out)
-            panels = self._panels[step] = panel_layout(wt)
-        return panels
+        ``(in, rest)``, flat float32 (a view of :attr:`panel_buffer`)."""
+        row = self.steps[step]
+        buffer, starts = self.panel_buffer
+        start = int(starts[int(row[k.LAYER])])
+        return buffer[start : start + int(row[k.IN_SIZE] * row[k.OUT_SIZE])]
 
     def population_table(self, plan: Plan) -> tuple[np.ndarray, np.ndarray]:
         """``(P, 4)`` float32 scale, window end, saturation and cut-off times; ``(P,)`` scales.
@@ -152,15 +180,17 @@ class Program:
         return table
 
 
-def panel_layout(wt: np.ndarray) -> np.ndarray:
+def panel_layout(wt: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """``W^T`` ``(in, out)`` as :func:`kernels.scatter_batch` reads it: ``(in, PANEL)`` per
-    ``PANEL`` output columns, then the last ``out % PANEL`` columns ``(in, rest)``, flat."""
+    ``PANEL`` output columns, then the last ``out % PANEL`` columns ``(in, rest)``, flat; into
+    ``out`` (float32, ``W^T``'s size) when given."""
     full = wt.shape[1] - wt.shape[1] % PANEL
     parts = [wt[:, c : c + PANEL].reshape(-1) for c in range(0, full, PANEL)]
     parts.append(wt[:, full:].reshape(-1))
-    # At a 64-byte boundary, so that a panel's row is one cache line: numpy's 16-byte
-    # alignment splits every row over two lines (the bench MLP's first layer 1.2x slower).
-    out = _aligned_empty(wt.shape[0] * wt.shape[1], np.float32)
+    # At a 64-byte boundary, so that a panel's row is whole cache lines: numpy's 16-byte
+    # alignment splits every row over one more line (the bench MLP's first layer 1.2x slower).
+    if out is None:
+        out = _aligned_empty(wt.shape[0] * wt.shape[1], np.float32)
     np.concatenate(parts, out=out)
     return out
 
@@ -484,6 +514,13 @@ def _layered(
     n = src.shape[0]
     readout = prog.readout
     choices = _planned_choices(prog, plan, n, kernels, cost_model)
+    if (
+        choices is not None
+        and len(prog.chain) > plan.early_decision
+        and all(choice == EVENT for choice in choices)
+    ):  # a multilayer perceptron all on events: one kernel call per block of the batch
+        _chain(prog, plan, src, popf, popd, b, record, threads)
+        return tuple(choices)
     chosen: list[str] = []
     cur = src  # raw inputs before step 0, then spike times, or intensities (see `decoded`)
     decoded = False  # whether `cur` holds the intensities of the next layer, its operations counted
@@ -550,6 +587,35 @@ def _layered(
         pending = st + 1
     flush(readout + 1)
     return tuple(chosen)
+
+
+def _chain(
+    prog: Program,
+    plan: Plan,
+    src: np.ndarray,
+    popf: np.ndarray,
+    popd: np.ndarray,
+    b: _Buffers,
+    record: bool,
+    threads: int,
+) -> None:
+    """The batch through a multilayer perceptron whose layers all run on their event kernels
+    (:func:`kernels.chain_batch`, the batch split in blocks over ``threads`` threads)."""
+    panels, starts = prog.panel_buffer
+    n_layers, n_pops = len(prog.layers), len(prog.populations)
+    shared = b.counts.shape[0] == 1  # one row of counters: one block (the kernels add to it)
+
+    def block(lo: int, hi: int) -> int:
+        bad, _ = k.chain_batch(
+            src[lo:hi], prog.steps, prog.chain, panels, starts, prog.weights, prog.fanout, popf,
+            popd, prog.readout_table, plan.early_decision, plan.margin, SCATTER_CHUNK,
+            b.logits[lo:hi], b.decided[lo:hi], b.rec[lo:hi] if record else b.rec, record,
+            prog.rec_offsets, b.counts if shared else b.counts[lo:hi], n_layers, n_pops,
+        )  # fmt: skip
+        return int(bad)
+
+    if any(k.in_blocks(block, src.shape[0], 1 if shared else threads)):
+        _refuse(prog, src)
 
 
 def _input_intensities(

@@ -1143,6 +1143,70 @@ def early_batch(
         )  # fmt: skip
 
 
+@_jit(nogil=True)
+def chain_batch(
+    src, steps, chain, panels, panel_starts, weights, fanout, popf, popd, readout_table, early,
+    margin, chunk, logits, decided, rec, record, rec_offsets, counts, n_layers, n_pops,
+):  # fmt: skip
+    """A multilayer perceptron over a batch, every layer on its event kernel, in one call.
+
+    What ``compiled._layered`` runs kernel by kernel for such a network, with the same numbers:
+    :func:`input_batch` (the raw inputs to the first layer's intensities), then per layer
+    :func:`scatter_batch` (``chunk`` samples at a time) and :func:`encode_batch`, which passes
+    the intensities on, and a readout that decides early on :func:`early_batch` (its inputs'
+    spike times written out instead). No Python runs between the kernels: on the bench MLP's
+    batch-256 ``balanced`` run the interpreter's work between them cost about 12 % of the
+    time, more than it takes alone (its data evicted the kernels' weights from the caches).
+
+    ``chain``: the synaptic layers' steps (``compiled.Program.chain``, two or more when
+    ``early``); ``panels``: every layer's weights in panels, layer ``l``'s from
+    ``panel_starts[l]`` (``compiled.Program.panel_buffer``); the other arguments as
+    :func:`run_steps`'s. Returns :func:`input_batch`'s (bad, clipped): with bad inputs nothing
+    ran.
+    """
+    n = src.shape[0]
+    n_chain = chain.shape[0]
+    a = np.empty((n, steps[0, OUT_SIZE]), np.float32)
+    bad, clipped = input_batch(
+        src, steps[0], popf, fanout, a, rec, record, counts, n_layers, n_pops
+    )  # fmt: skip
+    if bad:
+        return bad, clipped
+    size = min(n, chunk)
+    widest = 0
+    for layer in range(n_chain):
+        widest = max(widest, steps[chain[layer], IN_SIZE])
+    idx = np.empty(size * widest, np.int32)
+    val = np.empty(size * widest, np.float32)
+    starts = np.empty(size + 1, np.int64)
+    # the last layer that passes intensities on: the one before a readout that decides early
+    # reads spike times instead
+    passing = n_chain - 2 if early else n_chain - 1
+    for layer in range(n_chain):
+        row = steps[chain[layer]]
+        if early and layer == n_chain - 1:
+            early_batch(
+                a, row, weights, fanout, popf, popd, readout_table, margin, logits, decided,
+                counts, n_layers, n_pops,
+            )  # fmt: skip
+            break
+        z = np.empty((n, row[OUT_SIZE]), np.float32)
+        mine = panels[panel_starts[layer] :]
+        for lo in range(0, n, size):
+            hi = min(lo + size, n)
+            scatter_batch(a[lo:hi], row, mine, z[lo:hi], idx, val, starts)
+        p = row[POP_OUT]
+        following = layer + 1 if layer < passing else -1
+        nxt = np.empty_like(z) if p >= 0 else z  # the readout writes `logits` only
+        encode_batch(
+            z, row, weights, popf, nxt, logits, rec, record, rec_offsets[max(p, 0)], counts,
+            n_layers, n_pops, fanout, steps[chain[following], F_OFF] if following > 0 else 0,
+            following,
+        )  # fmt: skip
+        a = nxt
+    return 0, clipped
+
+
 # Entries of the control array of :func:`run` (int64): the steps to run, whether the readout
 # decides early, the scratch size, whether spike times are recorded, the numbers of synaptic
 # layers and of populations; then each population's column in ``rec``.
