@@ -93,7 +93,7 @@ class Session:
 
     def logits(self, x: Any) -> np.ndarray:
         """``(N, classes)`` float32 readout potentials of a batch ``x`` ``(N, *input_shape)``."""
-        return self._run(x).astype(np.float32)
+        return self._run(x).astype(np.float32, copy=False)  # a large batch's are its own
 
     def predict(self, x: Any) -> np.ndarray:
         """``(N,)`` int64 predicted classes of a batch ``x`` ``(N, *input_shape)``."""
@@ -128,11 +128,13 @@ class Session:
     # -- the run ----------------------------------------------------------------------------------
 
     def _run(self, x: Any) -> np.ndarray:
+        """The batch's logits: a float32 array of its own, or, for a small batch on the
+        compiled engine, a view of the session's float64 buffer (reused by the next call)."""
         compiled = self._compiled
         if compiled is None:
             run = self.network.run(x, self.plan, baselines=False, engine="numpy")
             self._add(run.stats)
-            return run.logits.astype(np.float64)
+            return run.logits
         if not (
             type(x) is np.ndarray
             and x.shape[1:] == self._shape
@@ -149,7 +151,7 @@ class Session:
             self._kernels = self._kernels or kernels
             warn_if_clipped(int(sums[self._saturated]), n * self._inputs, self.network, 3)
             # float32, as run_compiled's logits (predictions agree with Network.run's)
-            return b.logits.astype(np.float32).astype(np.float64)
+            return b.logits.astype(np.float32)
         logits, decided = self._one if n == 1 else (self._logits[:n], self._decided[:n])
         bad, clipped = self._kernel(
             x.reshape(n, self._features), *self._program_args, logits, decided, self._no_rec,

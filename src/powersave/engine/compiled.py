@@ -121,6 +121,14 @@ class Program:
         return len(self.layers) + 2 * len(self.populations) + 1
 
     @functools.cached_property
+    def layer_sizes(self) -> tuple[tuple[int, int], ...]:
+        """Each synaptic layer's numbers of inputs and outputs (per sample)."""
+        return tuple(
+            (int(self.steps[st, k.IN_SIZE]), int(self.steps[st, k.OUT_SIZE]))
+            for st in self.synaptic_steps
+        )
+
+    @functools.cached_property
     def chain(self) -> np.ndarray:
         """The steps of the synaptic layers, int64, when every one is Dense and nothing but
         Flatten lies between them and the raw inputs (a multilayer perceptron: the layers can
@@ -396,11 +404,12 @@ def run_batch(
     threads = numba.get_num_threads() if n >= PARALLEL_MIN_BATCH else 1
     b = _Buffers(
         logits=np.empty((n, prog.n_classes)),
-        decided=np.full(n, float(len(prog.populations))),
+        decided=np.empty(n),
         rec=np.empty((n, prog.rec_size) if record else (1, 1), np.float32),
         # A row per sample where threads share the batch (no lost updates), else one row.
         counts=np.zeros((n if threads > 1 else 1, prog.n_counts), np.int64),
     )
+    b.decided.fill(len(prog.populations))  # undecided: the window's end (np.full is slower)
     planned = not (kernels == EVENT or (kernels == "auto" and n < cost_model.min_batch))
     if planned:
         chosen = _layered(
@@ -456,15 +465,8 @@ def _choose(prog: Program, plan: Plan, layer: int, active: float, n: int, model:
     always event-driven: it stops mid-window, which only the event kernel can."""
     if plan.early_decision and layer == len(prog.layers) - 1:
         return EVENT
-    st = prog.synaptic_steps[layer]
-    return model.choose(
-        prog.kinds[layer],
-        int(prog.steps[st, k.IN_SIZE]),
-        int(prog.steps[st, k.OUT_SIZE]),
-        prog.dense_macs[layer],
-        active,
-        n,
-    )
+    n_in, n_out = prog.layer_sizes[layer]
+    return model.choose(prog.kinds[layer], n_in, n_out, prog.dense_macs[layer], active, n)
 
 
 def _planned_choices(
