@@ -452,13 +452,19 @@ def test_a_dense_chain_passes_intensities_with_the_same_counts_and_records() -> 
     np.testing.assert_array_equal(chained.logits.argmax(1), event.logits.argmax(1))
 
 
+@pytest.mark.parametrize("n_out", [5, 37, 69])
 @pytest.mark.parametrize("n_in", [37, 64, 150])
-def test_the_batch_event_kernel_of_a_dense_layer_is_the_interpreter_s_scatter(n_in: int) -> None:
+def test_the_batch_event_kernel_of_a_dense_layer_is_the_interpreter_s_scatter(
+    n_in: int, n_out: int
+) -> None:
     """kernels.scatter_batch: ``a @ W.T`` with one weight row per non-zero input, panel by
     panel, bit for bit the interpreter's scatter of the same sample (kernels._dense without a
-    bias); 0 for a sample where nothing fired. 37 outputs: two panels of 16 and 5 more."""
+    bias); 0 for a sample where nothing fired. Outputs: 5 (no whole panel), 37 (one panel of
+    32 and 5 more), 69 (two panels, the second read from its own offset, and 5 more)."""
+    from powersave.engine.simd import PANEL
+
+    assert PANEL == 32  # the sizes above are chosen for it
     rng = np.random.default_rng(3)
-    n_out = 37
     w = rng.standard_normal((n_out, n_in)).astype(np.float32)
     a = rng.random((7, n_in)).astype(np.float32)
     a[a < 0.6] = 0.0  # about 40 % fire

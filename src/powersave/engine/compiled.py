@@ -10,8 +10,10 @@ float32 tolerance. It differs in how the work is done:
 - only the spikes that are sent cost anything: a silent neuron is skipped, not multiplied by 0;
 - small batches run the whole network in one numba call, event-driven; larger batches run layer
   by layer and the :mod:`~powersave.engine.planner` picks, per layer, the event kernel or a dense
-  BLAS kernel from the fraction of the layer's inputs that fire in this batch. The choice is in
-  ``stats.kernels``; the counts are the event counts whichever kernel ran.
+  BLAS kernel from the fraction of the layer's inputs that fire in this batch (a multilayer
+  perceptron with every layer on its event kernel then runs in one call again,
+  :func:`kernels.chain_batch`). The choice is in ``stats.kernels``; the counts are the event
+  counts whichever kernel ran.
 """
 
 from __future__ import annotations
@@ -143,7 +145,8 @@ class Program:
         """Every Dense layer's ``W^T`` in panels for :func:`kernels.scatter_batch` (see
         :func:`panel_layout`), in one float32 buffer, each layer's at a cache line; and per
         synaptic layer its start in the buffer (int64; a layer of another kind has none).
-        Made on first use: a copy of the Dense layers' weights."""
+        Made on first use: a copy of every Dense layer's weights, also of those the planner
+        runs on BLAS (the bench MLP's: 1.1 MB), which one buffer keeps simple to pass."""
         sizes = []
         for st in self.synaptic_steps:
             row = self.steps[st]
@@ -511,7 +514,9 @@ def _layered(
     on, when the first layer is one of them) passes intensities from one to the next instead of
     spike times written out and read back.
     Without a profile (the first large batch of a plan) each layer is decided from the measured
-    activity of its inputs. The batch's activity becomes the plan's profile.
+    activity of its inputs. The batch's activity becomes the plan's profile. A multilayer
+    perceptron (:attr:`Program.chain`) planned on event kernels throughout runs in one call
+    (:func:`_chain`), the same numbers.
     """
     n = src.shape[0]
     readout = prog.readout

@@ -283,10 +283,11 @@ def _panel_product(row, panels, z, idx, val, starts):  # type: ignore[no-untyped
     ``panels`` (``compiled.panel_layout``); every sample of the batch goes through the same
     panel, whose rows (two cache lines each) stay in L2, where whole rows of ``W^T`` (800 kB
     for the bench MLP's first layer) stream from L2 and beyond once per sample: 1.4-1.5x
-    faster there (panels of 16 columns, which fit L1, were 1.09-1.19x slower: each pass
-    reloads the fired inputs' positions and values). The sums are :func:`_scatter`'s, bit
-    for bit (:mod:`simd`); the last ``out % PANEL`` columns, stored ``(in, rest)`` after the
-    panels, by :func:`_scatter` itself.
+    faster there (session 7, with panels of 16 columns, one cache line; those were 1.09-1.19x
+    slower than 32 once the fired inputs were packed eight at a time: each pass reloads the
+    fired inputs' positions and values). The sums are :func:`_scatter`'s, bit for bit
+    (:mod:`simd`); the last ``out % PANEL`` columns, stored ``(in, rest)`` after the panels, by
+    :func:`_scatter` itself.
     """
     n_in, out = row[IN_SIZE], row[OUT_SIZE]
     n = z.shape[0]
