@@ -1157,7 +1157,8 @@ def chain_batch(
     the intensities on, and a readout that decides early on :func:`early_batch` (its inputs'
     spike times written out instead). No Python runs between the kernels: on the bench MLP's
     batch-256 ``balanced`` run the interpreter's work between them cost about 12 % of the
-    time, more than it takes alone (its data evicted the kernels' weights from the caches).
+    time, twice what it takes with the kernels stubbed out (presumably its data evicting the
+    kernels' weights from the caches; not measured: no hardware counters here).
 
     ``chain``: the synaptic layers' steps (``compiled.Program.chain``, two or more when
     ``early``); ``panels``: every layer's weights in panels, layer ``l``'s from
