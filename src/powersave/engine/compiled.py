@@ -147,30 +147,29 @@ class Program:
         synaptic layer its start in the buffer (int64; a layer of another kind has none).
         Made on first use: a copy of every Dense layer's weights, also of those the planner
         runs on BLAS (the bench MLP's: 1.1 MB), which one buffer keeps simple to pass."""
-        sizes = []
-        for st in self.synaptic_steps:
-            row = self.steps[st]
-            dense = row[k.KIND] == k.K_DENSE
-            sizes.append(int(row[k.IN_SIZE] * row[k.OUT_SIZE]) if dense else 0)
-        padded = [-(-size // 16) * 16 for size in sizes]  # 16 floats: one cache line
+        shapes = [
+            (n_in, out) if kind == "dense" else (0, 0)
+            for kind, (n_in, out) in zip(self.kinds, self.layer_sizes, strict=True)
+        ]
+        padded = [-(-n_in * out // 16) * 16 for n_in, out in shapes]  # 16 floats: a cache line
         starts = np.concatenate([[0], np.cumsum(padded)[:-1]]).astype(np.int64)
         buffer = _aligned_empty(max(sum(padded), 1), np.float32)
-        for st, start, size in zip(self.synaptic_steps, starts.tolist(), sizes, strict=True):
-            if size:
-                row = self.steps[st]
-                n_in, out, w_off = int(row[k.IN_SIZE]), int(row[k.OUT_SIZE]), int(row[k.W_OFF])
+        layers = zip(self.synaptic_steps, starts.tolist(), shapes, strict=True)
+        for st, start, (n_in, out) in layers:
+            if n_in * out:
+                w_off = int(self.steps[st, k.W_OFF])
                 wt = self.weights[w_off : w_off + n_in * out].reshape(n_in, out)
-                panel_layout(wt, buffer[start : start + size])
+                panel_layout(wt, buffer[start : start + n_in * out])
         return buffer, starts
 
     def panels(self, step: int) -> np.ndarray:
         """Dense step ``step``'s ``W^T`` ``(in, out)`` in panels for :func:`kernels.scatter_batch`:
         ``(in, PANEL)`` contiguous per ``PANEL`` columns, then the last ``out % PANEL`` columns
         ``(in, rest)``, flat float32 (a view of :attr:`panel_buffer`)."""
-        row = self.steps[step]
+        layer = int(self.steps[step, k.LAYER])
         buffer, starts = self.panel_buffer
-        start = int(starts[int(row[k.LAYER])])
-        return buffer[start : start + int(row[k.IN_SIZE] * row[k.OUT_SIZE])]
+        n_in, out = self.layer_sizes[layer]
+        return buffer[int(starts[layer]) : int(starts[layer]) + n_in * out]
 
     def population_table(self, plan: Plan) -> tuple[np.ndarray, np.ndarray]:
         """``(P, 4)`` float32 scale, window end, saturation and cut-off times; ``(P,)`` scales.
