@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from powersave import InputError, Network
+from powersave import InputError, InputRangeWarning, Network
 from powersave.graph import Dense, Graph, Input
 
 NET = Network(
@@ -32,7 +34,11 @@ dtypes = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(
     hnp.arrays(
         dtypes,
@@ -41,15 +47,21 @@ dtypes = st.one_of(
     )
 )
 def test_any_array_gets_an_answer_or_a_clear_error(x: np.ndarray) -> None:
-    try:
-        run = NET.run(x)
-    except (TypeError, InputError) as error:
-        assert str(error)  # says something
-        return
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            run = NET.run(x)
+        except (TypeError, InputError) as error:
+            assert str(error)  # says something
+            return
     # Accepted: it must have been a well-formed, finite, non-negative batch of 6 features.
     assert x.ndim == 2 and x.shape[1] == 6 and x.shape[0] > 0
     assert np.isfinite(run.logits).all()
     assert run.predictions.shape == (x.shape[0],)
+    # The only warning an accepted batch may bring: values above the input scale (1), clipped.
+    for w in caught:
+        assert issubclass(w.category, InputRangeWarning), w
+        assert (np.asarray(x, np.float64) > 1.0).any()
 
 
 @settings(max_examples=100, deadline=None)
