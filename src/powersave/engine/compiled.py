@@ -609,18 +609,18 @@ def _chain(
     (:func:`kernels.chain_batch`, the batch split in blocks over ``threads`` threads)."""
     panels, starts = prog.panel_buffer
     n_layers, n_pops = len(prog.layers), len(prog.populations)
-    shared = b.counts.shape[0] == 1  # one row of counters: one block (the kernels add to it)
 
     def block(lo: int, hi: int) -> int:
+        # (with one thread, one block and counts' single row: counts[0:n] is that row)
         bad, _ = k.chain_batch(
             src[lo:hi], prog.steps, prog.chain, panels, starts, prog.weights, prog.fanout, popf,
             popd, prog.readout_table, plan.early_decision, plan.margin, SCATTER_CHUNK,
             b.logits[lo:hi], b.decided[lo:hi], b.rec[lo:hi] if record else b.rec, record,
-            prog.rec_offsets, b.counts if shared else b.counts[lo:hi], n_layers, n_pops,
+            prog.rec_offsets, b.counts[lo:hi], n_layers, n_pops,
         )  # fmt: skip
         return int(bad)
 
-    if any(k.in_blocks(block, src.shape[0], 1 if shared else threads)):
+    if any(k.in_blocks(block, src.shape[0], threads)):
         _refuse(prog, src)
 
 
@@ -716,21 +716,13 @@ def _dense_layer(
 def _scatter_product(
     a: np.ndarray, row: np.ndarray, panels: np.ndarray, threads: int
 ) -> np.ndarray:
-    """``a @ W.T`` of a Dense layer on its event kernel (:func:`kernels.scatter_batch`), the
+    """``a @ W.T`` of a Dense layer on its event kernel (:func:`kernels.scatter_chunks`), the
     batch split in blocks over ``threads`` threads (the kernel releases the GIL)."""
-    n, n_in = a.shape
+    n = a.shape[0]
     z = np.empty((n, int(row[k.OUT_SIZE])), np.float32)
 
     def block(lo: int, hi: int) -> None:
-        # The fired inputs' lists of SCATTER_CHUNK samples at a time: scratch bounded by the
-        # chunk, not the batch (a panel's reuse needs a few hundred samples, not more).
-        size = min(hi - lo, SCATTER_CHUNK)
-        idx = np.empty(size * n_in, np.int32)
-        val = np.empty(size * n_in, np.float32)
-        starts = np.empty(size + 1, np.int64)
-        for start in range(lo, hi, size):
-            stop = min(start + size, hi)
-            k.scatter_batch(a[start:stop], row, panels, z[start:stop], idx, val, starts)
+        k.scatter_chunks(a[lo:hi], row, panels, z[lo:hi], SCATTER_CHUNK)
 
     k.in_blocks(block, n, threads)
     return z

@@ -274,6 +274,21 @@ def scatter_batch(a, row, panels, z, idx, val, starts):  # type: ignore[no-untyp
     _panel_product(row, panels, z, idx, val, starts)
 
 
+@_jit(nogil=True)
+def scatter_chunks(a, row, panels, z, chunk):  # type: ignore[no-untyped-def]
+    """:func:`scatter_batch` over a batch of any size, ``chunk`` samples at a time: the fired
+    inputs' lists (its scratch) bounded by the chunk, not the batch (a panel's reuse needs a
+    few hundred samples, not more)."""
+    n = a.shape[0]
+    size = max(min(n, chunk), 1)
+    idx = np.empty(size * row[IN_SIZE], np.int32)
+    val = np.empty(size * row[IN_SIZE], np.float32)
+    starts = np.empty(size + 1, np.int64)
+    for lo in range(0, n, size):
+        hi = min(lo + size, n)
+        scatter_batch(a[lo:hi], row, panels, z[lo:hi], idx, val, starts)
+
+
 @_jit(inline="always")
 def _panel_product(row, panels, z, idx, val, starts):  # type: ignore[no-untyped-def]
     """``z[s] = sum_{starts[s] <= k < starts[s + 1]} val[k] * W^T[idx[k]]`` for every sample
@@ -1153,7 +1168,7 @@ def chain_batch(
 
     What ``compiled._layered`` runs kernel by kernel for such a network, with the same numbers:
     :func:`input_batch` (the raw inputs to the first layer's intensities), then per layer
-    :func:`scatter_batch` (``chunk`` samples at a time) and :func:`encode_batch`, which passes
+    :func:`scatter_chunks` (``chunk`` samples at a time) and :func:`encode_batch`, which passes
     the intensities on, and a readout that decides early on :func:`early_batch` (its inputs'
     spike times written out instead). No Python runs between the kernels: on the bench MLP's
     batch-256 ``balanced`` run the interpreter's work between them cost about 12 % of the
@@ -1174,13 +1189,6 @@ def chain_batch(
     )  # fmt: skip
     if bad:
         return bad, clipped
-    size = min(n, chunk)
-    widest = 0
-    for layer in range(n_chain):
-        widest = max(widest, steps[chain[layer], IN_SIZE])
-    idx = np.empty(size * widest, np.int32)
-    val = np.empty(size * widest, np.float32)
-    starts = np.empty(size + 1, np.int64)
     # the last layer that passes intensities on: the one before a readout that decides early
     # reads spike times instead
     passing = n_chain - 2 if early else n_chain - 1
@@ -1193,10 +1201,7 @@ def chain_batch(
             )  # fmt: skip
             break
         z = np.empty((n, row[OUT_SIZE]), np.float32)
-        mine = panels[panel_starts[layer] :]
-        for lo in range(0, n, size):
-            hi = min(lo + size, n)
-            scatter_batch(a[lo:hi], row, mine, z[lo:hi], idx, val, starts)
+        scatter_chunks(a, row, panels[panel_starts[layer] :], z, chunk)
         p = row[POP_OUT]
         following = layer + 1 if layer < passing else -1
         nxt = np.empty_like(z) if p >= 0 else z  # the readout writes `logits` only
